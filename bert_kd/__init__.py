@@ -1,0 +1,1 @@
+"""BERT -> DistilBERT-style students (see issue: bert_kd)."""

@@ -1,0 +1,1 @@
+"""ELECTRA discriminator distillation with a small generator (see issue: electra_kd)."""

@@ -1,0 +1,1 @@
+"""Shared core of electra-kd: training engine, config, corpus pipeline, losses, GLUE harness."""

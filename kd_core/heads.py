@@ -1,0 +1,48 @@
+"""MLM heads applied only where they are needed.
+
+HF `*ForMaskedLM.forward` projects every position onto the vocabulary (batch x seq x 30k floats);
+the losses need the logits at masked positions only. `mlm_logits_at` runs the encoder, gathers the
+selected positions, and applies the model's own head to those rows.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+def mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden states (..., hidden) -> vocabulary logits, using the model's own MLM head."""
+    kind = model.config.model_type
+    if kind in ("bert", "roberta", "xlm-roberta", "camembert") and hasattr(model, "cls"):
+        return model.cls
+    if hasattr(model, "lm_head"):  # RoBERTa family
+        return model.lm_head
+    if kind == "electra":
+        return lambda h: model.generator_lm_head(model.generator_predictions(h))
+    if kind == "distilbert":
+        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+    if hasattr(model, "cls"):
+        return model.cls
+    raise ValueError(f"no known MLM head for model type '{kind}' ({type(model).__name__}); "
+                     "add it to kd_core.heads.mlm_head")
+
+
+def encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+def mlm_logits_at(model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits (n_selected, vocab) at the True entries of boolean `positions` (batch, seq)."""
+    return mlm_head(model)(hidden[positions])
+
+
+def masked_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the model's MLM predictions at the positions where labels != -100."""
+    hidden = model.base_model(**encoder_inputs(batch)).last_hidden_state
+    masked = batch["labels"] != IGNORE_INDEX
+    logits = mlm_logits_at(model, hidden, masked)
+    return nn.functional.cross_entropy(logits.float(), batch["labels"][masked])

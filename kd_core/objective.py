@@ -1,0 +1,49 @@
+"""The contract between the training engine and what it trains.
+
+An objective owns the student and any trainable extras (projections, heads) and, optionally, a
+frozen teacher. `forward(batch)` returns a dict of named, UNWEIGHTED scalar loss terms; the
+weights are config and are applied in exactly one place, `weighted_total`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Objective(nn.Module):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # dropout off in the teacher, always
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def extras_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable state that is neither the student nor the teacher (saved beside the student)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("student.", "teacher."))}
+
+
+def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """sum_k weights[k] * terms[k], and each weighted term. Every term needs a weight and vice versa,
+    except that a weight of 0 needs no term (objectives skip computing switched-off terms)."""
+    missing = sorted(set(terms) - set(weights))
+    if missing:
+        raise KeyError(f"loss term(s) {missing} have no weight in the config; weights given: {sorted(weights)}")
+    absent = sorted(k for k, w in weights.items() if w != 0 and k not in terms)
+    if absent:
+        raise KeyError(f"weights given for loss term(s) {absent} that the objective did not compute; "
+                       f"it computed {sorted(terms)}")
+    weighted = {k: weights[k] * v.float() for k, v in terms.items()}
+    total = torch.stack(list(weighted.values())).sum()
+    return total, weighted

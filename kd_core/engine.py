@@ -160,8 +160,16 @@ class Engine:
         n_warmup = warmup_steps(train.max_steps, train.warmup_steps, train.warmup_ratio)
         # the scheduler is not prepared by accelerate: it steps once per optimizer step, on every process
         self.scheduler = build_scheduler(optimizer, train.schedule, train.max_steps, n_warmup)
+        self.deepspeed = acc.state.deepspeed_plugin is not None
+        if self.deepspeed:  # DeepSpeed accumulates and scales by 1/accumulation itself (path not exercised here)
+            acc.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=train.micro_batch_size, gradient_accumulation_steps=self.accumulation)
         self.model, self.optimizer = acc.prepare(objective, optimizer)
 
+        if acc.is_main_process:
+            print(f"engine: {acc.num_processes} process(es) on {acc.device}, precision {train.mixed_precision}, "
+                  f"global batch {train.batch_size} = {train.micro_batch_size} x {self.accumulation} accumulation "
+                  f"x {acc.num_processes} process(es)")
         self.step_count = 0
         self.counts = {"skipped_overflow": 0, "skipped_nonfinite": 0, "consecutive_nonfinite": 0,
                        "tokens_seen": 0}
@@ -204,7 +212,7 @@ class Engine:
             with sync:
                 terms = self.model(batch)
                 loss, w_terms = weighted_total(terms, self.loss_weights)
-                acc.backward(loss / n)
+                acc.backward(loss if self.deepspeed else loss / n)
             for k, v in terms.items():
                 raw[k] = raw.get(k, 0) + v.detach().float() / n
                 weighted[k] = weighted.get(k, 0) + w_terms[k].detach() / n

@@ -20,3 +20,13 @@ def tiny_pretrain_config(corpus: Path, **train) -> PretrainConfig:
 def write_config(cfg, path: Path) -> Path:
     path.write_text(dump_config(cfg))
     return path
+
+
+def anon_rss() -> int:
+    """Anonymous resident memory of this process in bytes (Linux). Memory-mapped file pages are
+    not counted: they are page cache the kernel can drop, not a copy of the corpus in our heap."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")

@@ -25,7 +25,7 @@ $(VENV)/.assets: $(STAMP)
 quickstart: $(VENV)/.assets
 	$(BIN)/python -m kd_core.quickstart --output-dir runs/quickstart
 
-test: $(STAMP)
+test: $(VENV)/.assets
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

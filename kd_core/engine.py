@@ -59,6 +59,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_consecutive_nonfinite: int = 5
     num_workers: int = 0
+    group_by_length: bool = False  # batch rows of similar length together (for one-segment-per-row corpora)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,7 +79,7 @@ class GlobalBatchSampler:
     """
 
     def __init__(self, n_rows: int, batch_size: int, micro_batch_size: int, rank: int, world: int,
-                 seed: int, start_batch: int = 0, shuffle: bool = True):
+                 seed: int, start_batch: int = 0, shuffle: bool = True, lengths: np.ndarray | None = None):
         if batch_size % (micro_batch_size * world):
             raise ValueError(f"train.batch_size={batch_size} must be a multiple of micro_batch_size "
                              f"({micro_batch_size}) x processes ({world})")
@@ -88,16 +89,31 @@ class GlobalBatchSampler:
                              "lower train.batch_size or give more data")
         self.n_rows, self.batch_size, self.micro = n_rows, batch_size, micro_batch_size
         self.rank, self.world, self.seed, self.start, self.shuffle = rank, world, seed, start_batch, shuffle
+        self.lengths = None if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.long)
+        self._epoch, self._order = -1, None
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """Row order of an epoch. With lengths: shuffled, then sorted by length inside windows of 50
+        batches, cut into batches, and the batches shuffled (DistilBERT-style length grouping)."""
+        if not self.shuffle:
+            return torch.arange(self.n_rows)
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.n_rows, generator=gen)
+        if self.lengths is None:
+            return order
+        used = order[:self.n_batches * self.batch_size]
+        window = 50 * self.batch_size
+        chunks = [c[torch.argsort(self.lengths[c], stable=True)] for c in used.split(window)]
+        batches = torch.cat(chunks).view(self.n_batches, self.batch_size)
+        return batches[torch.randperm(self.n_batches, generator=gen)].flatten()
 
     def __iter__(self):
         g = self.start
         while True:
             epoch, b = divmod(g, self.n_batches)
-            if self.shuffle:
-                order = torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(self.seed + epoch))
-            else:
-                order = torch.arange(self.n_rows)
-            micro = order[b * self.batch_size:(b + 1) * self.batch_size].view(-1, self.micro)
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, self.epoch_order(epoch)
+            micro = self._order[b * self.batch_size:(b + 1) * self.batch_size].view(-1, self.micro)
             for j in range(self.rank, len(micro), self.world):
                 s = batch_seed(self.seed, epoch, b, j)
                 yield [(int(i), s) for i in micro[j]]
@@ -187,8 +203,9 @@ class Engine:
     # ---- data ---------------------------------------------------------------------------------
     def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int) -> DataLoader:
         acc = self.accelerator
+        lengths = rows.lengths() if self.cfg.group_by_length and shuffle else None
         sampler = GlobalBatchSampler(len(rows), self.cfg.batch_size, self.cfg.micro_batch_size,
-                                     acc.process_index, acc.num_processes, seed, start_batch, shuffle)
+                                     acc.process_index, acc.num_processes, seed, start_batch, shuffle, lengths)
         return DataLoader(_SeededRows(rows), batch_sampler=sampler, collate_fn=_SeededCollate(self.collate),
                           num_workers=self.cfg.num_workers, pin_memory=acc.device.type == "cuda",
                           persistent_workers=False)
@@ -233,8 +250,11 @@ class Engine:
         self.counts["consecutive_nonfinite"] = 0
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         out["grad_norm"] = acc.clip_grad_norm_(self.objective.parameters(), max_norm)
+        scale_before = self._loss_scale()
         self.optimizer.step()
-        if acc.optimizer_step_was_skipped:  # fp16 overflow: GradScaler skipped and lowered the scale
+        # fp16 overflow: the GradScaler skipped the update and lowered the scale. (accelerate's
+        # optimizer_step_was_skipped misses this with fused AdamW, which skips inside its kernel.)
+        if self._loss_scale() < scale_before:
             self.counts["skipped_overflow"] += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

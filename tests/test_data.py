@@ -327,3 +327,23 @@ def test_prepare_real_corpus_sample(tmp_path):
                                   max_len=128))
     assert stats["tokens"] > 200_000 and stats["mean_row_length"] > 120
     assert stats["cleaning"]["documents_in"] > 50
+
+
+def test_hf_dataset_input_and_parallel_tokenization_agree(tmp_path, tiny_tokenizer_dir):
+    """A save_to_disk dataset and the same text as a file give the same rows; num_proc=2 changes nothing."""
+    import datasets
+
+    from conftest import SENTENCES
+
+    texts = [" ".join(SENTENCES[i % 6:] + SENTENCES[:i % 6]) + f" number {i}" for i in range(40)]
+    datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "ds"))
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    common = dict(tokenizer=str(tiny_tokenizer_dir), max_len=32, valid_fraction=0.0, min_piece=8)
+    prepare(PrepareConfig(hf_dataset=str(tmp_path / "ds"), text_column="body", output=str(tmp_path / "a"), **common))
+    prepare(PrepareConfig(inputs=[str(tmp_path / "t.txt")], text_format="lines", output=str(tmp_path / "b"),
+                          num_proc=2, docs_per_batch=7, **common))
+    a, b = TokenRows(tmp_path / "a" / "train"), TokenRows(tmp_path / "b" / "train")
+    assert len(a) == len(b) > 10
+    assert all(torch.equal(a[i], b[i]) for i in range(len(a)))
+    with pytest.raises(KeyError, match="no column 'text'"):
+        prepare(PrepareConfig(hf_dataset=str(tmp_path / "ds"), output=str(tmp_path / "c"), **common))

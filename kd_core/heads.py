@@ -6,6 +6,8 @@ selected positions, and applies the model's own head to those rows.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable
 
 import torch
@@ -31,8 +33,17 @@ def mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
                      "add it to kd_core.heads.mlm_head")
 
 
-def encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+@functools.lru_cache(maxsize=None)
+def _accepts_token_types(model_class: type) -> bool:
+    return "token_type_ids" in inspect.signature(model_class.forward).parameters
+
+
+def encoder_inputs(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's inputs from a batch (token types dropped for models without them, e.g. DistilBERT)."""
+    keys = ["input_ids", "attention_mask"]
+    if "token_type_ids" in batch and _accepts_token_types(type(model)):
+        keys.append("token_type_ids")
+    return {k: batch[k] for k in keys if k in batch}
 
 
 def mlm_logits_at(model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -42,7 +53,7 @@ def mlm_logits_at(model: nn.Module, hidden: torch.Tensor, positions: torch.Tenso
 
 def masked_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy of the model's MLM predictions at the positions where labels != -100."""
-    hidden = model.base_model(**encoder_inputs(batch)).last_hidden_state
+    hidden = model.base_model(**encoder_inputs(batch, model.base_model)).last_hidden_state
     masked = batch["labels"] != IGNORE_INDEX
     logits = mlm_logits_at(model, hidden, masked)
     return nn.functional.cross_entropy(logits.float(), batch["labels"][masked])

@@ -30,3 +30,19 @@ def anon_rss() -> int:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def tiny_bert_teacher(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0):
+    """A random BertForMaskedLM saved with its tokenizer (exercises the real loading path)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                                       num_attention_heads=heads, intermediate_size=hidden * 2,
+                                       max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                                       initializer_range=0.2,  # peaked output distributions, not uniform
+                                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model

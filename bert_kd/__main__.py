@@ -1,0 +1,64 @@
+"""python -m bert_kd extract | distill
+
+  extract  --teacher T --layers 0,2,4,7,9,11 --output DIR [--arch same|distilbert]
+  distill  --config recipes/configs/NAME.yaml [--set section.key=value ...] --output-dir DIR [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from accelerate import PartialState
+
+from kd_core.config import ConfigError, load_config
+from kd_core.engine import NonFiniteLossError
+from kd_core.student import StudentConfig, build_student, load_masked_lm
+
+from .distill import DistilConfig, run
+
+
+def extract(args) -> None:
+    from transformers import AutoTokenizer
+
+    layers = [int(x) for x in args.layers.split(",")] if "," in args.layers or args.layers.isdigit() else args.layers
+    n = len(layers) if isinstance(layers, list) else args.num_layers
+    teacher = load_masked_lm(args.teacher)
+    student, _, report = build_student(teacher, StudentConfig(arch=args.arch, num_layers=n, layers=layers))
+    student.save_pretrained(args.output)
+    AutoTokenizer.from_pretrained(args.teacher).save_pretrained(args.output)
+    print(json.dumps({k: v for k, v in report.items() if k != "copied"}, indent=1))
+    print(f"student with {n} layers saved to {args.output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bert_kd")
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("extract", help="build a student from a teacher's layers and save it")
+    e.add_argument("--teacher", required=True)
+    e.add_argument("--layers", required=True, help="0-based teacher layers (0,2,4,7,9,11) or a preset name")
+    e.add_argument("--num-layers", type=int, default=6, help="student depth when --layers is a preset")
+    e.add_argument("--arch", default="same", choices=["same", "distilbert"])
+    e.add_argument("--output", required=True)
+    d = sub.add_parser("distill", help="task-agnostic distillation")
+    d.add_argument("--config")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    d.add_argument("--output-dir", required=True)
+    d.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "extract":
+            extract(args)
+            return 0
+        summary = run(load_config(DistilConfig, args.config, args.overrides), args.output_dir, args.resume)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if PartialState().is_main_process:
+        print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+        print(f"TensorBoard: tensorboard --logdir {args.output_dir}/tb")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

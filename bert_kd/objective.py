@@ -1,0 +1,109 @@
+"""The DistilBERT objective and its variants (Greek report, TinyBERT), as one module.
+
+Terms (each computed only when its weight is non-zero; weights live in the config):
+- ce:         KL(softmax(t/T) || softmax(s/T)) * T^2 over the vocabulary, at all non-pad positions
+              or only at masked ones (`restrict_ce_to_mask`)
+- mlm:        the student's masked-LM cross-entropy
+- cos:        1 - cos(student, teacher) of last hidden states, non-pad tokens
+- mse_logits: MSE between vocabulary logits at the same positions as ce
+- att:        MSE between attention probability maps (post-softmax, padding excluded) of mapped
+              layers, averaged over the mapped layers
+- hid:        MSE between mapped layers' hidden states (student projected to the teacher's width),
+              averaged over the mapped layers
+- emb:        MSE between embedding-layer outputs (projected likewise)
+The MLM heads run only at the positions a term needs. Attention maps are requested (eager
+attention) only when `att` is on; otherwise both models keep SDPA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kd_core import losses
+from kd_core.heads import IGNORE_INDEX, encoder_inputs, mlm_head
+from kd_core.layer_map import LayerMap, resolve_layer_map
+from kd_core.objective import Objective
+
+TERMS = ("ce", "mlm", "cos", "mse_logits", "att", "hid", "emb")
+
+
+@dataclass
+class DistilLossConfig:
+    temperature: float = 2.0
+    restrict_ce_to_mask: bool = False
+    loss_layers: list[int] | None = None  # teacher layer per student layer for att/hid; None: the init map
+
+
+def hidden_width(model: nn.Module) -> int:
+    return getattr(model.config, "hidden_size", None) or model.config.dim
+
+
+class DistillationObjective(Objective):
+    def __init__(self, student: nn.Module, teacher: nn.Module, layer_map: LayerMap, weights: dict[str, float],
+                 cfg: DistilLossConfig):
+        super().__init__(student, teacher)
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise KeyError(f"unknown loss term(s) {unknown} in loss_weights; bert_kd terms: {list(TERMS)}")
+        self.active = {k for k, w in weights.items() if w != 0}
+        self.cfg = cfg
+        self.loss_map = layer_map if cfg.loss_layers is None else resolve_layer_map(
+            cfg.loss_layers, layer_map.n_teacher, layer_map.n_student)
+        if len(student.get_input_embeddings().weight) != len(teacher.get_input_embeddings().weight):
+            raise ValueError(f"vocab mismatch: student has {len(student.get_input_embeddings().weight)} tokens, "
+                             f"teacher {len(teacher.get_input_embeddings().weight)}; they must share a tokenizer")
+        s_width, t_width = hidden_width(student), hidden_width(teacher)
+        if "cos" in self.active and s_width != t_width:
+            raise ValueError(f"L_cos compares last hidden states, but the student is {s_width} wide and the teacher "
+                             f"{t_width}; use hid (with a learned projection) for narrower students")
+        # learned projections only where widths differ (TinyBERT's W_h and W_e); trained and checkpointed
+        self.proj_hidden = nn.Linear(s_width, t_width) if "hid" in self.active and s_width != t_width else None
+        self.proj_emb = nn.Linear(s_width, t_width) if "emb" in self.active and s_width != t_width else None
+        attn = "eager" if "att" in self.active else "sdpa"
+        for model in (student, teacher):
+            model.set_attn_implementation(attn)
+
+    def _encode(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        return model.base_model(**encoder_inputs(batch, model.base_model),
+                                output_hidden_states=bool(self.active & {"hid", "emb"}),
+                                output_attentions="att" in self.active)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            t_out = self._encode(self.teacher, batch)
+        s_out = self._encode(self.student, batch)
+        tokens = batch["attention_mask"].bool()
+        masked = batch["labels"] != IGNORE_INDEX
+        terms: dict[str, torch.Tensor] = {}
+
+        vocab_positions = masked if self.cfg.restrict_ce_to_mask else tokens
+        s_logits = None
+        if self.active & {"ce", "mse_logits"}:
+            s_logits = mlm_head(self.student)(s_out.last_hidden_state[vocab_positions])
+            with torch.no_grad():
+                t_logits = mlm_head(self.teacher)(t_out.last_hidden_state[vocab_positions])
+            if "ce" in self.active:
+                terms["ce"] = losses.kd_kl(s_logits, t_logits, None, self.cfg.temperature)
+            if "mse_logits" in self.active:
+                terms["mse_logits"] = losses.logits_mse(s_logits, t_logits)
+        if "mlm" in self.active:
+            if s_logits is not None and self.cfg.restrict_ce_to_mask:
+                mlm_logits = s_logits  # the same rows: reuse them
+            else:
+                mlm_logits = mlm_head(self.student)(s_out.last_hidden_state[masked])
+            terms["mlm"] = nn.functional.cross_entropy(mlm_logits.float(), batch["labels"][masked])
+        if "cos" in self.active:
+            terms["cos"] = losses.cosine(s_out.last_hidden_state, t_out.last_hidden_state, tokens)
+        if "hid" in self.active:
+            terms["hid"] = torch.stack([
+                losses.hidden_mse(s_out.hidden_states[s], t_out.hidden_states[t], tokens, self.proj_hidden)
+                for s, t in self.loss_map.hidden_pairs()]).mean()
+        if "emb" in self.active:
+            terms["emb"] = losses.hidden_mse(s_out.hidden_states[0], t_out.hidden_states[0], tokens, self.proj_emb)
+        if "att" in self.active:
+            terms["att"] = torch.stack([
+                losses.attention_mse(s_out.attentions[s], t_out.attentions[t], batch["attention_mask"])
+                for s, t in self.loss_map.attention_pairs()]).mean()
+        return terms

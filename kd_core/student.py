@@ -1,0 +1,157 @@
+"""Student construction from a teacher: shape, architecture, and initialisation by a layer map.
+
+Shared by bert_kd (BERT-family *ForMaskedLM teachers) and electra_kd (ELECTRA discriminators).
+A student is the teacher's own architecture with fewer (and optionally narrower) layers, or, for
+BERT teachers, a DistilBERT (no token-type embeddings, no pooler). Initialisation copies teacher
+layers by the layer map, or another checkpoint's layers, or nothing (random). Every tensor whose
+shape matches is copied (embeddings and MLM head included); what could not be copied is reported.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+from .layer_map import LayerMap, resolve_layer_map
+
+LAYER_KEY = re.compile(r"^(.*\.(?:layer|layers))\.(\d+)\.(.*)$")
+
+
+@dataclass
+class StudentConfig:
+    arch: Literal["same", "distilbert"] = "same"  # the teacher's architecture, or DistilBERT (BERT teachers)
+    num_layers: int = 6
+    hidden_size: int | None = None  # None: the teacher's (narrower needs hid/emb projections, TinyBERT)
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    init: Literal["teacher", "checkpoint", "random"] = "teacher"
+    layers: str | list[int] = "every_other"  # teacher layers to copy and imitate: a preset or a 0-based list
+    init_checkpoint: str | None = None  # for init=checkpoint: a model whose layers `init_layers` are copied
+    init_layers: list[int] = field(default_factory=list)
+
+
+# BERT parameter names -> DistilBERT's (HF extract_distilbert.py does the same renaming)
+BERT_TO_DISTILBERT = [
+    (r"^bert\.embeddings\.(word_embeddings|position_embeddings|LayerNorm)\.", r"distilbert.embeddings.\1."),
+    (r"^bert\.encoder\.layer\.(\d+)\.attention\.self\.query\.", r"distilbert.transformer.layer.\1.attention.q_lin."),
+    (r"^bert\.encoder\.layer\.(\d+)\.attention\.self\.key\.", r"distilbert.transformer.layer.\1.attention.k_lin."),
+    (r"^bert\.encoder\.layer\.(\d+)\.attention\.self\.value\.", r"distilbert.transformer.layer.\1.attention.v_lin."),
+    (r"^bert\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"distilbert.transformer.layer.\1.attention.out_lin."),
+    (r"^bert\.encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"distilbert.transformer.layer.\1.sa_layer_norm."),
+    (r"^bert\.encoder\.layer\.(\d+)\.intermediate\.dense\.", r"distilbert.transformer.layer.\1.ffn.lin1."),
+    (r"^bert\.encoder\.layer\.(\d+)\.output\.dense\.", r"distilbert.transformer.layer.\1.ffn.lin2."),
+    (r"^bert\.encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"distilbert.transformer.layer.\1.output_layer_norm."),
+    (r"^cls\.predictions\.transform\.dense\.", "vocab_transform."),
+    (r"^cls\.predictions\.transform\.LayerNorm\.", "vocab_layer_norm."),
+    (r"^cls\.predictions\.decoder\.weight$", "vocab_projector.weight"),
+    (r"^cls\.predictions\.bias$", "vocab_projector.bias"),
+]
+
+
+def bert_to_distilbert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename BERT tensors to DistilBERT's. DistilBERT has no token types: token type 0's embedding
+    is folded into the position embeddings, so single-segment inputs embed exactly as in BERT."""
+    state = dict(state)
+    token_types = state.get("bert.embeddings.token_type_embeddings.weight")
+    if token_types is not None:
+        state["bert.embeddings.position_embeddings.weight"] = (
+            state["bert.embeddings.position_embeddings.weight"] + token_types[0])
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in BERT_TO_DISTILBERT:
+            new, n = re.subn(pattern, replacement, key)
+            if n:
+                out[new] = value
+                break
+    return out
+
+
+def num_layers(config) -> int:
+    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
+
+
+def student_config(teacher_config, cfg: StudentConfig):
+    """The student's HF config: the teacher's with fewer/narrower layers, or a DistilBERT config."""
+    hidden = cfg.hidden_size or teacher_config.hidden_size
+    heads = cfg.num_attention_heads or teacher_config.num_attention_heads
+    inter = cfg.intermediate_size or (teacher_config.intermediate_size * hidden // teacher_config.hidden_size)
+    if hidden % heads:
+        raise ValueError(f"student hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+    if cfg.arch == "distilbert":
+        if teacher_config.model_type not in ("bert", "distilbert"):
+            raise ValueError(f"student.arch=distilbert needs a BERT teacher, not '{teacher_config.model_type}'")
+        return DistilBertConfig(
+            vocab_size=teacher_config.vocab_size, max_position_embeddings=teacher_config.max_position_embeddings,
+            n_layers=cfg.num_layers, n_heads=heads, dim=hidden, hidden_dim=inter,
+            activation=getattr(teacher_config, "hidden_act", "gelu"), pad_token_id=teacher_config.pad_token_id,
+            dropout=getattr(teacher_config, "hidden_dropout_prob", 0.1),
+            attention_dropout=getattr(teacher_config, "attention_probs_dropout_prob", 0.1))
+    config = copy.deepcopy(teacher_config)
+    config.num_hidden_layers = cfg.num_layers
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = hidden, heads, inter
+    if config.model_type == "electra" and getattr(config, "embedding_size", hidden) == teacher_config.hidden_size:
+        config.embedding_size = hidden  # ELECTRA-base/large tie embedding size to the hidden size
+    return config
+
+
+def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: list[int] | tuple[int, ...]
+                ) -> tuple[list[str], list[str]]:
+    """Copy source tensors into the student: student layer i <- source layer layers[i]; other tensors
+    (embeddings, heads) by name. Only tensors of equal shape are copied. Returns (copied, not_copied)."""
+    target = student.state_dict()
+    picked, skipped = {}, []
+    for key, tensor in target.items():
+        m = LAYER_KEY.match(key)
+        source_key = f"{m.group(1)}.{layers[int(m.group(2))]}.{m.group(3)}" if m else key
+        if source_key in source and source[source_key].shape == tensor.shape:
+            picked[key] = source[source_key]
+        else:
+            skipped.append(key)
+    student.load_state_dict(picked, strict=False)
+    if getattr(student.config, "tie_word_embeddings", True):
+        student.tie_weights()
+    return sorted(picked), skipped
+
+
+def load_masked_lm(name_or_path: str, **kwargs) -> nn.Module:
+    try:
+        return AutoModelForMaskedLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load a masked-LM checkpoint from '{name_or_path}': give a local "
+                                f"directory saved with save_pretrained, or a hub name when online ({e})") from e
+
+
+def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> tuple[nn.Module, LayerMap, dict]:
+    """Student model, its layer map (for the intermediate losses), and an init report."""
+    layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), cfg.num_layers)
+    config = student_config(teacher.config, cfg)
+    if cfg.arch == "distilbert":
+        student = DistilBertForMaskedLM(config)
+    else:
+        student = (model_class or AutoModelForMaskedLM).from_config(config)
+    report: dict = {"init": cfg.init}
+    if cfg.init == "teacher":
+        source = teacher.state_dict()
+        if cfg.arch == "distilbert" and teacher.config.model_type == "bert":
+            source = bert_to_distilbert(source)
+        report["copied"], report["not_copied"] = copy_layers(source, student, layer_map.teacher_layers)
+        report["layers"] = list(layer_map.teacher_layers)
+    elif cfg.init == "checkpoint":
+        if not cfg.init_checkpoint or len(cfg.init_layers) != cfg.num_layers:
+            raise ValueError("student.init=checkpoint needs student.init_checkpoint and student.init_layers "
+                             f"with {cfg.num_layers} entries (e.g. 0,2,3,5 of a DistilBERT)")
+        donor = (model_class or AutoModelForMaskedLM).from_pretrained(cfg.init_checkpoint)
+        source = donor.state_dict()
+        if cfg.arch == "distilbert" and donor.config.model_type == "bert":
+            source = bert_to_distilbert(source)
+        n_donor = num_layers(donor.config)
+        if any(not 0 <= i < n_donor for i in cfg.init_layers):
+            raise ValueError(f"student.init_layers {cfg.init_layers} outside the checkpoint's 0..{n_donor - 1}")
+        report["copied"], report["not_copied"] = copy_layers(source, student, cfg.init_layers)
+        report["layers"] = list(cfg.init_layers)
+    return student, layer_map, report

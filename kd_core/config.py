@@ -6,6 +6,7 @@ ones) and checks value types, so a typo in a sweep never silently trains the def
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -14,6 +15,26 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+class YAML12Loader(yaml.SafeLoader):
+    """YAML with 1.2 scalars: only true/false are booleans (so `precision: no` stays the string "no")
+    and 5e-5 is a float (YAML 1.1 needs a dot: 5.0e-5)."""
+
+
+YAML12Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YAML12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+YAML12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=YAML12Loader)
 
 
 class ConfigError(ValueError):
@@ -125,14 +146,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from e
-    if isinstance(value, str):
-        try:
-            value = float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string
-        except ValueError:
-            pass
     return path, value
 
 
@@ -158,7 +174,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = _deep_merge(data, loaded)

@@ -60,6 +60,8 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 5
     num_workers: int = 0
     group_by_length: bool = False  # batch rows of similar length together (for one-segment-per-row corpora)
+    layerwise_lr_decay: float = 1.0  # < 1: lower layers learn slower (ELECTRA fine-tuning: 0.8)
+    save_at_end: bool = True  # final checkpoint and final/ model (grids of fine-tuning cells turn it off)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -171,8 +173,11 @@ class Engine:
 
         self.objective = objective
         fused = acc.device.type == "cuda"
+        n_layers = getattr(objective.student.config, "num_hidden_layers", None) or \
+            getattr(objective.student.config, "n_layers", 0)
         optimizer = build_optimizer(objective, train.lr, train.weight_decay,
-                                    (train.adam_beta1, train.adam_beta2), train.adam_eps, fused)
+                                    (train.adam_beta1, train.adam_beta2), train.adam_eps, fused,
+                                    train.layerwise_lr_decay, n_layers)
         n_warmup = warmup_steps(train.max_steps, train.warmup_steps, train.warmup_ratio)
         # the scheduler is not prepared by accelerate: it steps once per optimizer step, on every process
         self.scheduler = build_scheduler(optimizer, train.schedule, train.max_steps, n_warmup)
@@ -293,8 +298,9 @@ class Engine:
             bar.close()
         if self.eval_rows is not None and not (cfg.eval_every and self.step_count % cfg.eval_every == 0):
             last_logged.update(self.evaluate())
-        self.save_checkpoint()
-        self.save_final()
+        if cfg.save_at_end:
+            self.save_checkpoint()
+            self.save_final()
         if acc.is_main_process:
             self.log.close()
         return last_logged

@@ -19,6 +19,7 @@ from .config import ConfigError, load_config
 from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
 from .engine import Engine, NonFiniteLossError, TrainConfig
 from .heads import masked_lm_loss
+from .student import load_masked_lm
 from .objective import Objective
 
 
@@ -74,7 +75,7 @@ def check_compatible(model, tokenizer, max_len: int) -> None:
 
 def build_model(cfg: PretrainConfig, tokenizer, max_len: int):
     if cfg.model.init:
-        model = AutoModelForMaskedLM.from_pretrained(cfg.model.init)
+        model = load_masked_lm(cfg.model.init)
     else:
         a = cfg.model.arch
         model = AutoModelForMaskedLM.from_config(BertConfig(

@@ -120,7 +120,8 @@ def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: lis
 
 def load_masked_lm(name_or_path: str, **kwargs) -> nn.Module:
     try:
-        return AutoModelForMaskedLM.from_pretrained(name_or_path, **kwargs)
+        # fp32 master weights whatever the checkpoint's dtype; mixed precision is autocast's job
+        return AutoModelForMaskedLM.from_pretrained(name_or_path, **{"dtype": torch.float32, **kwargs})
     except OSError as e:
         raise FileNotFoundError(f"cannot load a masked-LM checkpoint from '{name_or_path}': give a local "
                                 f"directory saved with save_pretrained, or a hub name when online ({e})") from e

@@ -57,6 +57,7 @@ def test_constant_schedule_and_warmup_ratio():
 def test_no_weight_decay_on_bias_and_layernorm():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2, bias=False))
     decay, plain = param_groups(model, 0.01)
+    assert decay["lr"] == plain["lr"] == 1.0
     assert decay["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
     assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
     assert {id(p) for p in plain["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
@@ -295,3 +296,17 @@ def test_quickstart_smoke(tmp_path):
     assert quickstart.main(["--smoke", "--output-dir", str(tmp_path / "qs")]) == 0
     assert (tmp_path / "qs" / "mlm" / "final" / "model.safetensors").is_file()
     assert read_metrics(tmp_path / "qs" / "mlm" / "metrics.jsonl")
+
+
+def test_layerwise_lr_decay_groups(tiny_tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=3,
+                                                     num_attention_heads=2, intermediate_size=16))
+    groups = param_groups(model, 0.01, lr=1.0, layer_decay=0.5, n_layers=3)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr_of[id(model.classifier.weight)] == 1.0
+    assert lr_of[id(model.bert.encoder.layer[2].output.dense.weight)] == 0.5
+    assert lr_of[id(model.bert.encoder.layer[0].output.dense.weight)] == 0.125
+    assert lr_of[id(model.bert.embeddings.word_embeddings.weight)] == 0.0625
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -1,0 +1,1 @@
+"""GLUE evaluation harness: tasks as data, metrics, fine-tuning grids, task distillation, reports."""

@@ -1,0 +1,61 @@
+"""python -m kd_core.glue --model DIR --tasks rte,mrpc,... --glue-dir DIR --output-dir DIR [grid options]
+
+Fine-tunes the model on each task over a grid of learning rates x batch sizes with N seeds per cell
+(resumable: finished runs are loaded, never redone), selects the cell by the median dev score, and
+writes results.json (every metric, per seed, per cell, the chosen cell, wall times, provenance) and
+results.md. Without --glue-dir the tasks come from the Hugging Face `nyu-mll/glue` dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import ConfigError
+from .data import GlueFormatError
+from .finetune import FinetuneConfig
+from .grid import GridConfig, run_grid
+from .tasks import get_task
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kd_core.glue", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a checkpoint directory or hub name (with tokenizer)")
+    parser.add_argument("--tasks", required=True, help="comma-separated: cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli")
+    parser.add_argument("--glue-dir", help="standard GLUE layout, e.g. ../shared/data/glue")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--label", help="row name in the table (default: the model folder's name)")
+    parser.add_argument("--lrs", type=floats, default=[1e-5, 5e-5, 1e-4])
+    parser.add_argument("--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[16, 32])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-len", type=int, default=128)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--layerwise-lr-decay", type=float, default=1.0, help="ELECTRA fine-tuning uses 0.8")
+    parser.add_argument("--max-train-examples", type=int, default=0, help="train on a subset (0: all)")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    args = parser.parse_args(argv)
+    try:
+        tasks = [get_task(t) for t in args.tasks.split(",") if t]
+        finetune = FinetuneConfig(epochs=args.epochs, max_len=args.max_len, warmup_ratio=args.warmup_ratio,
+                                  weight_decay=args.weight_decay, layerwise_lr_decay=args.layerwise_lr_decay,
+                                  max_train_examples=args.max_train_examples, mixed_precision=args.mixed_precision)
+        grid = GridConfig(lrs=args.lrs, batch_sizes=args.batch_sizes, seeds=args.seeds, finetune=finetune)
+        results = run_grid(args.model, tasks, args.glue_dir, grid, args.output_dir,
+                           command="python -m kd_core.glue " + " ".join(argv if argv is not None else sys.argv[1:]),
+                           label=args.label)
+    except (ConfigError, FileNotFoundError, GlueFormatError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(open(f"{args.output_dir}/results.md").read())
+    print(f"results: {args.output_dir}/results.json  (GLUE macro {results.get('glue_macro', float('nan')):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""GLUE examples from a local folder in the standard layout, or from the `nyu-mll/glue` hub dataset."""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tasks import Task
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass(frozen=True)
+class Example:
+    text_a: str
+    text_b: str | None
+    label: float  # class index, or the score for STS-B
+
+
+class GlueFormatError(ValueError):
+    """A malformed row, reported with its file and line."""
+
+
+def _label(task: Task, raw: str, where: str) -> float:
+    if task.is_regression:
+        try:
+            return float(raw)
+        except ValueError:
+            raise GlueFormatError(f"{where}: label '{raw}' is not a number") from None
+    if raw not in task.labels:
+        raise GlueFormatError(f"{where}: label '{raw}' is not one of {list(task.labels)}")
+    return float(task.labels.index(raw))
+
+
+def read_tsv(task: Task, glue_dir: str | Path, split: str) -> list[Example]:
+    """Examples of `split` (train, dev, dev_matched, ...) from <glue_dir>/<Task folder>/<split>.tsv."""
+    path = Path(glue_dir) / task.folder / f"{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"GLUE task {task.name}: expected {path} (standard GLUE layout: "
+                                f"<glue-dir>/{task.folder}/{split}.tsv); pass --glue-dir, or --hf to load nyu-mll/glue")
+    examples = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows) if task.header else None
+        width = len(header) if header else 4
+        index = {name: i for i, name in enumerate(header)} if header else {}
+        cols = []
+        for col in (task.text_a, task.text_b, task.label):
+            if col is None or isinstance(col, int):
+                cols.append(col)
+            elif col in index:
+                cols.append(index[col])
+            else:
+                raise GlueFormatError(f"{path}:1: no column '{col}' in header {header}")
+        a, b, y = cols
+        for line, row in enumerate(rows, start=2 if header else 1):
+            if not row:
+                continue
+            if len(row) != width:
+                raise GlueFormatError(f"{path}:{line}: expected {width} tab-separated columns, got {len(row)}")
+            examples.append(Example(row[a], row[b] if b is not None else None, _label(task, row[y], f"{path}:{line}")))
+    return examples
+
+
+def read_hub(task: Task, split: str) -> list[Example]:
+    """The same examples from the Hugging Face `nyu-mll/glue` dataset (needs internet the first time)."""
+    import datasets
+
+    hf_split = {"dev": "validation", "dev_matched": "validation_matched",
+                "dev_mismatched": "validation_mismatched"}.get(split, split)
+    ds = datasets.load_dataset("nyu-mll/glue", task.hf_config, split=hf_split)
+    a_col, b_col = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+                    "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
+                    "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
+                    "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2")}[task.name]
+    names = None if task.is_regression else ds.features["label"].names
+    out = []
+    for row in ds:
+        if task.is_regression:
+            label = float(row["label"])
+        else:
+            raw = str(row["label"]) if task.labels[0] == "0" else names[row["label"]]
+            label = float(task.labels.index(raw))
+        out.append(Example(row[a_col], row[b_col] if b_col else None, label))
+    return out
+
+
+def load_split(task: Task, split: str, glue_dir: str | Path | None) -> list[Example]:
+    return read_tsv(task, glue_dir, split) if glue_dir else read_hub(task, split)

@@ -1,0 +1,153 @@
+"""Fine-tuning one model on one GLUE task through the kd_core engine, and dev-set evaluation."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from ..checkpoint import seed_everything
+from ..config import load_config
+from ..data import pad_rows
+from ..engine import Engine, TrainConfig
+from ..heads import encoder_inputs
+from ..objective import Objective
+from .data import Example, load_split
+from .metrics import combined_score, split_metrics
+from .tasks import Task
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    micro_batch_size: int = 0  # 0: the whole batch in one forward
+    max_len: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    layerwise_lr_decay: float = 1.0
+    mixed_precision: str = "no"
+    group_by_length: bool = True
+    max_train_examples: int = 0  # 0: all (a subset keeps SST-2 inside a CPU budget)
+    eval_batch_size: int = 128
+    train: dict = field(default_factory=dict)  # any other TrainConfig key, e.g. {max_grad_norm: 1.0}
+
+
+class EncodedRows(list):
+    """Tokenized examples; `lengths()` lets the engine group batches by length."""
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(r["input_ids"]) for r in self])
+
+
+def encode(tokenizer, examples: list[Example], max_len: int) -> EncodedRows:
+    a = [e.text_a for e in examples]
+    b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+    enc = tokenizer(a, b, truncation=True, max_length=max_len)
+    rows = EncodedRows()
+    for i, e in enumerate(examples):
+        row = {"input_ids": torch.tensor(enc["input_ids"][i]), "label": e.label}
+        if "token_type_ids" in enc:
+            row["token_type_ids"] = torch.tensor(enc["token_type_ids"][i])
+        rows.append(row)
+    return rows
+
+
+def make_collate(pad_id: int, regression: bool):
+    def collate(rows: list[dict], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        ids, attention = pad_rows([r["input_ids"] for r in rows], pad_id)
+        batch = {"input_ids": ids, "attention_mask": attention,
+                 "labels": torch.tensor([r["label"] for r in rows],
+                                        dtype=torch.float32 if regression else torch.long)}
+        if "token_type_ids" in rows[0]:
+            batch["token_type_ids"], _ = pad_rows([r["token_type_ids"] for r in rows], 0)
+        return batch
+    return collate
+
+
+class ClassificationObjective(Objective):
+    """Cross-entropy on labels, or MSE on the score for regression (STS-B)."""
+
+    def __init__(self, student: nn.Module, regression: bool):
+        super().__init__(student)
+        self.regression = regression
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.student(**encoder_inputs(batch, self.student)).logits.float()
+        if self.regression:
+            return {"task": nn.functional.mse_loss(logits.squeeze(-1), batch["labels"])}
+        return {"task": nn.functional.cross_entropy(logits, batch["labels"])}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, rows: EncodedRows, collate, batch_size: int, device) -> np.ndarray:
+    """Dev-set predictions in row order: class indices, or scores for regression."""
+    model.eval()
+    order = np.argsort(rows.lengths())  # length-sorted batches: little padding
+    out = np.zeros(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+        logits = model(**encoder_inputs(batch, model)).logits.float()
+        values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
+        out[idx] = values.cpu().numpy()
+    return out
+
+
+def train_config(cfg: FinetuneConfig, n_train: int, seed: int) -> TrainConfig:
+    steps_per_epoch = max(n_train // cfg.batch_size, 1)
+    overrides = {"seed": seed, "max_steps": max(math.ceil(cfg.epochs * steps_per_epoch), 1),
+                 "batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size or cfg.batch_size,
+                 "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay,
+                 "layerwise_lr_decay": cfg.layerwise_lr_decay, "mixed_precision": cfg.mixed_precision,
+                 "group_by_length": cfg.group_by_length, "schedule": "linear", "log_every": 10,
+                 "save_at_end": False, **cfg.train}
+    return load_config(TrainConfig, overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def load_for_task(model_path: str, task: Task):
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=task.num_labels,
+                                                                   dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load '{model_path}' for sequence classification: give a directory "
+                                f"saved with save_pretrained (with its tokenizer), or a hub name ({e})") from e
+    return model, tokenizer
+
+
+def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg: FinetuneConfig, seed: int,
+                          output_dir: str | Path, data_cache: dict | None = None) -> dict:
+    """Fine-tune on train, evaluate on every dev split: every metric, the combined score, wall time."""
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    model, tokenizer = load_for_task(model_path, task)
+    cache = data_cache if data_cache is not None else {}
+    for split in ("train", *task.dev_splits):
+        if (task.name, split) not in cache:
+            cache[(task.name, split)] = load_split(task, split, glue_dir)
+    train_examples = cache[(task.name, "train")]
+    if cfg.max_train_examples and len(train_examples) > cfg.max_train_examples:
+        pick = np.random.default_rng(0).permutation(len(train_examples))[:cfg.max_train_examples]
+        train_examples = [train_examples[i] for i in sorted(pick)]
+    train_rows = encode(tokenizer, train_examples, cfg.max_len)
+    collate = make_collate(tokenizer.pad_token_id, task.is_regression)
+    tcfg = train_config(cfg, len(train_rows), seed)
+    engine = Engine(tcfg, ClassificationObjective(model, task.is_regression), {"task": 1.0}, train_rows, collate,
+                    output_dir, tcfg, tokenizer=tokenizer)
+    summary = engine.fit()
+    metrics: dict[str, float] = {}
+    for split in task.dev_splits:
+        examples = cache[(task.name, split)]
+        rows = encode(tokenizer, examples, cfg.max_len)
+        preds = predict(engine.objective.student, rows, collate, cfg.eval_batch_size, engine.accelerator.device)
+        metrics.update(split_metrics(task, preds, np.array([e.label for e in examples]), split))
+    return {"metrics": metrics, "combined": combined_score(task, metrics), "seed": seed,
+            "train_examples": len(train_rows), "steps": tcfg.max_steps,
+            "final_train_loss": summary.get("loss/task"), "wall_s": round(time.perf_counter() - t0, 1)}

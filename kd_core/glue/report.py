@@ -1,0 +1,44 @@
+"""Markdown tables from results.json files, with optional quoted reference rows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .tasks import TASKS
+
+METRIC_LABEL = {"mcc": "MCC", "accuracy": "acc", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman",
+                "accuracy_m": "acc-m", "accuracy_mm": "acc-mm"}
+
+
+def _columns(results: list[dict], references: list[dict]) -> list[tuple[str, str]]:
+    names = [n for n in TASKS if any(n in r["tasks"] for r in results) or any(n in ref["scores"] for ref in references)]
+    return [(n, m) for n in names for m in TASKS[n].metrics]
+
+
+def markdown_table(results: list[dict], references: list[dict] | None = None) -> str:
+    """One row per model: median over seeds of every metric of the chosen cell (± std when seeds > 1).
+
+    references: [{"label": "DistilBERT (paper, quoted)", "scores": {"cola": {"mcc": 51.3}, ...}}]"""
+    references = references or []
+    cols = _columns(results, references)
+    head = "| model | " + " | ".join(f"{TASKS[t].folder} {METRIC_LABEL[m]}" for t, m in cols) + " | macro |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    for r in results:
+        cells = []
+        for t, m in cols:
+            if t not in r["tasks"]:
+                cells.append("–")
+                continue
+            s = r["tasks"][t]["metrics"][m]
+            cells.append(f"{s['median']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] else ""))
+        macro = r.get("glue_macro")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + (f" | {macro:.1f} |" if macro is not None else " | – |"))
+    for ref in references:
+        cells = [f"{ref['scores'][t][m]:.1f}" if m in ref["scores"].get(t, {}) else "–" for t, m in cols]
+        lines.append(f"| {ref['label']} | " + " | ".join(cells) + " | – |")
+    return "\n".join(lines)
+
+
+def merge_results(paths: list[str | Path], references: list[dict] | None = None) -> str:
+    """One table from several runs' results.json (e.g. a teacher and its students)."""
+    return markdown_table([json.loads(Path(p).read_text()) for p in paths], references)

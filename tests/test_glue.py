@@ -1,0 +1,172 @@
+"""GLUE harness: metrics, task data, regression, the resumable grid, reports."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import needs_shared_data
+from helpers import tiny_bert_teacher
+from kd_core.glue import grid as grid_module
+from kd_core.glue.data import GlueFormatError, read_tsv
+from kd_core.glue.finetune import FinetuneConfig
+from kd_core.glue.grid import GridConfig, run_grid
+from kd_core.glue.metrics import combined_score, glue_macro, split_metrics
+from kd_core.glue.report import markdown_table
+from kd_core.glue.tasks import TASKS, get_task
+
+
+# ---- metrics against hand formulas ----------------------------------------------------------------
+def test_classification_metrics_by_hand():
+    labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    preds = np.array([1, 1, 0, 0, 0, 1, 1, 0])
+    tp, tn, fp, fn = 3, 3, 1, 1
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    assert split_metrics(TASKS["cola"], preds, labels) == {"mcc": pytest.approx(100 * mcc)}
+    m = split_metrics(TASKS["mrpc"], preds, labels)
+    assert m == {"accuracy": pytest.approx(75.0), "f1": pytest.approx(100 * f1)}
+    assert split_metrics(TASKS["mnli"], preds, labels, "dev_mismatched") == {"accuracy_mm": pytest.approx(75.0)}
+
+
+def test_regression_metrics_by_hand():
+    x = np.array([0.5, 1.0, 2.5, 3.0, 4.5])
+    y = np.array([1.0, 1.5, 2.0, 4.0, 5.0])
+    xm, ym = x - x.mean(), y - y.mean()
+    pearson = (xm * ym).sum() / math.sqrt((xm ** 2).sum() * (ym ** 2).sum())
+    m = split_metrics(TASKS["stsb"], x, y)
+    assert m["pearson"] == pytest.approx(100 * pearson)
+    assert m["spearman"] == pytest.approx(100.0)  # same ranks
+
+
+def test_combined_and_macro_scores():
+    assert combined_score(TASKS["mrpc"], {"f1": 90.0, "accuracy": 80.0}) == 85.0
+    assert combined_score(TASKS["mnli"], {"accuracy_m": 80.0, "accuracy_mm": 82.0}) == 81.0
+    macro = glue_macro({"rte": 60.0, "mrpc": 80.0, "wnli": 40.0})
+    assert macro == {"glue_macro": pytest.approx(60.0), "glue_macro_without_wnli": pytest.approx(70.0)}
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_label_mapping_and_columns(tmp_path):
+    _write(tmp_path / "MNLI" / "dev_matched.tsv", "index\tx\tsentence1\tsentence2\tgold_label\n"
+           "0\t.\tA man sleeps.\tA person rests.\tentailment\n1\t.\tA b.\tC d.\tneutral\n")
+    ex = read_tsv(get_task("mnli"), tmp_path, "dev_matched")
+    assert [e.label for e in ex] == [1.0, 2.0]  # contradiction, entailment, neutral
+    assert ex[0].text_a == "A man sleeps." and ex[0].text_b == "A person rests."
+    _write(tmp_path / "CoLA" / "train.tsv", "gj04\t1\t\tThe sailors rode the breeze.\ngj04\t0\t*\tRode sailors.\n")
+    cola = read_tsv(get_task("cola"), tmp_path, "train")
+    assert [(e.text_a, e.label, e.text_b) for e in cola] == [("The sailors rode the breeze.", 1.0, None),
+                                                             ("Rode sailors.", 0.0, None)]
+    _write(tmp_path / "STS-B" / "dev.tsv", "index\tsentence1\tsentence2\tscore\n0\ta\tb\t3.8\n")
+    assert read_tsv(get_task("sts-b"), tmp_path, "dev")[0].label == pytest.approx(3.8)
+
+
+def test_malformed_rows_and_missing_files_are_clear(tmp_path):
+    _write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\n")
+    with pytest.raises(GlueFormatError, match=r"RTE/train.tsv:3: expected 4 tab-separated columns, got 3"):
+        read_tsv(get_task("rte"), tmp_path, "train")
+    _write(tmp_path / "RTE" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
+    with pytest.raises(GlueFormatError, match=r"dev.tsv:2: label 'maybe' is not one of"):
+        read_tsv(get_task("rte"), tmp_path, "dev")
+    with pytest.raises(FileNotFoundError, match=r"expected .*QNLI/train.tsv"):
+        read_tsv(get_task("qnli"), tmp_path, "train")
+    with pytest.raises(KeyError, match="unknown GLUE task"):
+        get_task("squad")
+
+
+@pytest.mark.parametrize("name,n_train,n_dev", [("cola", 8551, 1043), ("sst2", 67349, 872), ("mrpc", 3668, 408),
+                                                ("stsb", 5749, 1500), ("rte", 2490, 277), ("wnli", 635, 71)])
+def test_real_glue_files_parse(name, n_train, n_dev):
+    glue = needs_shared_data("glue")
+    task = get_task(name)
+    train, dev = read_tsv(task, glue, "train"), read_tsv(task, glue, "dev")
+    assert (len(train), len(dev)) == (n_train, n_dev)
+    if task.is_regression:
+        assert 0.0 <= min(e.label for e in dev) and max(e.label for e in dev) <= 5.0
+    else:
+        assert {e.label for e in train} == set(map(float, range(task.num_labels)))
+
+
+# ---- fine-tuning grid -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_tokenizer):
+    d = tmp_path_factory.mktemp("glue_model")
+    tiny_bert_teacher(d, tiny_tokenizer, layers=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_glue(tmp_path_factory):
+    """A learnable RTE-shaped task and an STS-B-shaped regression task."""
+    root = tmp_path_factory.mktemp("glue")
+    rng = np.random.default_rng(0)
+    rows = ["index\tsentence1\tsentence2\tlabel"]
+    for i in range(160):
+        yes = i % 2 == 0
+        rows.append(f"{i}\tthe king saw the whale\t{'the king saw the whale' if yes else 'a bad film'}\t"
+                    f"{'entailment' if yes else 'not_entailment'}")
+    _write(root / "RTE" / "train.tsv", "\n".join(rows) + "\n")
+    _write(root / "RTE" / "dev.tsv", "\n".join(rows[:41]) + "\n")
+    rows = ["index\tsentence1\tsentence2\tscore"]
+    for i in range(96):
+        score = float(rng.uniform(0, 5))
+        rows.append(f"{i}\tthe old man\t{'the old man' if score > 2.5 else 'the sea'}\t{score:.2f}")
+    _write(root / "STS-B" / "train.tsv", "\n".join(rows) + "\n")
+    _write(root / "STS-B" / "dev.tsv", "\n".join(rows[:33]) + "\n")
+    return root
+
+
+def test_stsb_is_regression(tiny_model, tiny_glue, tmp_path):
+    grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=2))
+    results = run_grid(str(tiny_model), [get_task("stsb")], str(tiny_glue), grid, tmp_path / "out")
+    run = results["tasks"]["stsb"]["cells"]["lr0.001_bs16"]["runs"][0]
+    assert set(run["metrics"]) == {"pearson", "spearman"}
+    assert -100 <= run["metrics"]["pearson"] <= 100
+
+
+def test_grid_resumes_without_redoing_finished_runs(tiny_model, tiny_glue, tmp_path, monkeypatch):
+    grid = GridConfig(lrs=[1e-3, 3e-3], batch_sizes=[16], seeds=2, finetune=FinetuneConfig(epochs=3))
+    calls = []
+    real = grid_module.finetune_and_evaluate
+
+    def counting(model, task, glue_dir, cfg, seed, out, cache):
+        calls.append((cfg.lr, seed))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed after the first cell")
+        return real(model, task, glue_dir, cfg, seed, out, cache)
+
+    monkeypatch.setattr(grid_module, "finetune_and_evaluate", counting)
+    out = tmp_path / "grid"
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(str(tiny_model), [get_task("rte")], str(tiny_glue), grid, out)
+    assert calls == [(1e-3, 0), (1e-3, 1), (3e-3, 0)]
+    calls.clear()
+    results = run_grid(str(tiny_model), [get_task("rte")], str(tiny_glue), grid, out)
+    assert calls == [(3e-3, 0), (3e-3, 1)]  # the finished cell was loaded, not redone
+    rte = results["tasks"]["rte"]
+    assert set(rte["cells"]) == {"lr0.001_bs16", "lr0.003_bs16"}
+    assert rte["chosen"] == max(rte["cells"], key=lambda c: rte["cells"][c]["metrics"]["accuracy"]["median"])
+    assert rte["metrics"]["accuracy"]["median"] > 60  # the task is learnable: above chance on dev
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["provenance"]["commit"] and saved["tasks"]["rte"]["chosen"] == rte["chosen"]
+    table = (out / "results.md").read_text()
+    assert "RTE acc" in table and f"{rte['metrics']['accuracy']['median']:.1f}" in table
+
+
+def test_markdown_table_with_reference_rows():
+    result = {"label": "ours", "glue_macro": 70.0, "tasks": {"mrpc": {"metrics": {
+        "f1": {"median": 85.0, "std": 1.2}, "accuracy": {"median": 80.0, "std": 0.0}}}}}
+    table = markdown_table([result], [{"label": "DistilBERT (paper, quoted)", "scores": {"mrpc": {"f1": 87.5},
+                                                                                          "cola": {"mcc": 51.3}}}])
+    lines = table.splitlines()
+    assert lines[0] == "| model | CoLA MCC | MRPC F1 | MRPC acc | macro |"
+    assert lines[2] == "| ours | – | 85.0 ± 1.2 | 80.0 | 70.0 |"
+    assert lines[3] == "| DistilBERT (paper, quoted) | 51.3 | 87.5 | – | – |"

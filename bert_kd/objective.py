@@ -23,6 +23,7 @@ from torch import nn
 
 from kd_core import losses
 from kd_core.heads import IGNORE_INDEX, encoder_inputs, mlm_head
+from kd_core.intermediate import IntermediateLosses
 from kd_core.layer_map import LayerMap, resolve_layer_map
 from kd_core.objective import Objective
 
@@ -48,9 +49,6 @@ class DistillationObjective(Objective):
         if unknown:
             raise KeyError(f"unknown loss term(s) {unknown} in loss_weights; bert_kd terms: {list(TERMS)}")
         self.active = {k for k, w in weights.items() if w != 0}
-        self.cfg = cfg
-        self.loss_map = layer_map if cfg.loss_layers is None else resolve_layer_map(
-            cfg.loss_layers, layer_map.n_teacher, layer_map.n_student)
         if len(student.get_input_embeddings().weight) != len(teacher.get_input_embeddings().weight):
             raise ValueError(f"vocab mismatch: student has {len(student.get_input_embeddings().weight)} tokens, "
                              f"teacher {len(teacher.get_input_embeddings().weight)}; they must share a tokenizer")
@@ -58,17 +56,18 @@ class DistillationObjective(Objective):
         if "cos" in self.active and s_width != t_width:
             raise ValueError(f"L_cos compares last hidden states, but the student is {s_width} wide and the teacher "
                              f"{t_width}; use hid (with a learned projection) for narrower students")
-        # learned projections only where widths differ (TinyBERT's W_h and W_e); trained and checkpointed
-        self.proj_hidden = nn.Linear(s_width, t_width) if "hid" in self.active and s_width != t_width else None
-        self.proj_emb = nn.Linear(s_width, t_width) if "emb" in self.active and s_width != t_width else None
-        attn = "eager" if "att" in self.active else "sdpa"
+        self.cfg = cfg
+        loss_map = layer_map if cfg.loss_layers is None else resolve_layer_map(
+            cfg.loss_layers, layer_map.n_teacher, layer_map.n_student)
+        self.intermediate = IntermediateLosses(self.active, s_width, t_width, loss_map)
+        attn = "eager" if self.intermediate.needs_attentions else "sdpa"
         for model in (student, teacher):
             model.set_attn_implementation(attn)
 
     def _encode(self, model: nn.Module, batch: dict[str, torch.Tensor]):
         return model.base_model(**encoder_inputs(batch, model.base_model),
-                                output_hidden_states=bool(self.active & {"hid", "emb"}),
-                                output_attentions="att" in self.active)
+                                output_hidden_states=self.intermediate.needs_hidden_states,
+                                output_attentions=self.intermediate.needs_attentions)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -96,14 +95,5 @@ class DistillationObjective(Objective):
             terms["mlm"] = nn.functional.cross_entropy(mlm_logits.float(), batch["labels"][masked])
         if "cos" in self.active:
             terms["cos"] = losses.cosine(s_out.last_hidden_state, t_out.last_hidden_state, tokens)
-        if "hid" in self.active:
-            terms["hid"] = torch.stack([
-                losses.hidden_mse(s_out.hidden_states[s], t_out.hidden_states[t], tokens, self.proj_hidden)
-                for s, t in self.loss_map.hidden_pairs()]).mean()
-        if "emb" in self.active:
-            terms["emb"] = losses.hidden_mse(s_out.hidden_states[0], t_out.hidden_states[0], tokens, self.proj_emb)
-        if "att" in self.active:
-            terms["att"] = torch.stack([
-                losses.attention_mse(s_out.attentions[s], t_out.attentions[t], batch["attention_mask"])
-                for s, t in self.loss_map.attention_pairs()]).mean()
+        terms.update(self.intermediate(s_out, t_out, batch["attention_mask"]))
         return terms

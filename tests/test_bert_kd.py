@@ -182,12 +182,13 @@ def test_restrict_ce_to_mask_uses_masked_positions_only(teacher, tiny_tokenizer)
 def test_projections_for_narrow_students_get_gradients(teacher, tiny_tokenizer):
     obj = _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, layers=[1, 3]),
                      {"hid": 1.0, "emb": 1.0, "att": 1.0, "mse_logits": 1.0})
-    assert obj.proj_hidden.weight.shape == (32, 16) and obj.proj_emb.weight.shape == (32, 16)
+    proj_hidden, proj_emb = obj.intermediate.proj_hidden, obj.intermediate.proj_emb
+    assert proj_hidden.weight.shape == (32, 16) and proj_emb.weight.shape == (32, 16)
     terms = obj(_batch(tiny_tokenizer))
     sum(terms.values()).backward()
-    assert obj.proj_hidden.weight.grad.abs().sum() > 0 and obj.proj_emb.weight.grad.abs().sum() > 0
+    assert proj_hidden.weight.grad.abs().sum() > 0 and proj_emb.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in obj.teacher.parameters())
-    assert "proj_hidden.weight" in obj.extras_state_dict()
+    assert "intermediate.proj_hidden.weight" in obj.extras_state_dict()
     with pytest.raises(ValueError, match="L_cos compares last hidden states"):
         _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2), {"cos": 1.0})
     with pytest.raises(KeyError, match="unknown loss term"):
@@ -217,7 +218,7 @@ def test_tiny_distillation_decreases_every_term_and_round_trips(teacher_dir, tin
     AutoModelForSequenceClassification.from_pretrained(out / "final", num_labels=3)
     AutoTokenizer.from_pretrained(out / "final")
     extras = torch.load(out / "checkpoint-40" / "extras.pt")
-    assert set(extras) == {"proj_hidden.weight", "proj_hidden.bias", "proj_emb.weight", "proj_emb.bias"}
+    assert set(extras) == {f"intermediate.{p}.{w}" for p in ("proj_hidden", "proj_emb") for w in ("weight", "bias")}
     # resume from the step-20 checkpoint reproduces the projections exactly
     import shutil
 

@@ -170,3 +170,59 @@ def test_markdown_table_with_reference_rows():
     assert lines[0] == "| model | CoLA MCC | MRPC F1 | MRPC acc | macro |"
     assert lines[2] == "| ours | – | 85.0 ± 1.2 | 80.0 | 70.0 |"
     assert lines[3] == "| DistilBERT (paper, quoted) | 51.3 | 87.5 | – | – |"
+
+
+# ---- task-specific distillation ---------------------------------------------------------------------
+def _classifier(directory, tokenizer, layers, seed, num_labels=2):
+    from transformers import AutoModelForSequenceClassification
+
+    tiny_bert_teacher(directory, tokenizer, layers=layers, seed=seed)
+    model = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=num_labels)
+    model.save_pretrained(directory)
+    return model
+
+
+def test_task_distillation_terms_match_references(tmp_path, tiny_tokenizer):
+    from kd_core.glue.distill import TaskDistillConfig, TaskDistillObjective
+    from test_losses import ref_kd_kl
+
+    teacher = _classifier(tmp_path / "t", tiny_tokenizer, 4, seed=1)
+    student = _classifier(tmp_path / "s", tiny_tokenizer, 2, seed=2)
+    enc = tiny_tokenizer(["the king saw the whale", "a bad film"], ["the sea", "a good movie"], padding=True,
+                         return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([1, 0])}
+    weights = {"pred": 1.0, "hard": 1.0, "hid": 1.0, "att": 1.0, "emb": 1.0}
+    obj = TaskDistillObjective(student, teacher, get_task("rte"), weights, TaskDistillConfig(temperature=2.0))
+    obj.eval()
+    terms = obj(batch)
+    with torch.no_grad():
+        s, t = student(**enc).logits, teacher(**enc).logits
+    assert terms["pred"].item() == pytest.approx(ref_kd_kl(s[None], t[None], torch.ones(1, 2, dtype=torch.bool), 2.0),
+                                                 rel=1e-4)
+    assert terms["hard"].item() == pytest.approx(torch.nn.functional.cross_entropy(s, batch["labels"]).item(), rel=1e-5)
+    assert set(terms) == set(weights)
+    mse = TaskDistillObjective(student, teacher, get_task("rte"), {"pred": 1.0}, TaskDistillConfig(pred_loss="mse"))
+    assert mse(batch)["pred"].item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-5)
+    same = TaskDistillObjective(teacher, teacher, get_task("rte"), weights, TaskDistillConfig(layers="first_k"))
+    same.eval()
+    for name, value in same(batch).items():
+        if name != "hard":
+            assert value.item() == pytest.approx(0.0, abs=1e-6), name
+    with pytest.raises(ValueError, match="needs 1"):
+        TaskDistillObjective(student, teacher, get_task("stsb"), {"pred": 1.0}, TaskDistillConfig())
+
+
+def test_two_stage_distillation_through_the_grid(tiny_glue, tmp_path, tiny_tokenizer):
+    from kd_core.glue.distill import TaskDistillConfig
+
+    _classifier(tmp_path / "teacher-rte", tiny_tokenizer, 4, seed=1)
+    _classifier(tmp_path / "student", tiny_tokenizer, 2, seed=2)
+    grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=1),
+                      teacher=str(tmp_path / "teacher-{task}"),
+                      distill=TaskDistillConfig(mode="two-stage", stage1_epochs=1, hard_weight=0.5))
+    results = run_grid(str(tmp_path / "student"), [get_task("rte")], str(tiny_glue), grid, tmp_path / "out")
+    run = results["tasks"]["rte"]["cells"]["lr0.001_bs16"]["runs"][0]
+    assert run["teacher"].endswith("teacher-rte")
+    assert set(run["stages"]["stage1"]["final"]) == {"loss/emb", "loss/hid", "loss/att", "loss/total"}
+    assert set(run["stages"]["stage2"]["final"]) == {"loss/pred", "loss/hard", "loss/total"}
+    assert (tmp_path / "out" / "rte" / "lr0.001_bs16" / "seed0" / "stage1" / "metrics.jsonl").is_file()

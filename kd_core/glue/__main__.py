@@ -1,4 +1,5 @@
 """python -m kd_core.glue --model DIR --tasks rte,mrpc,... --glue-dir DIR --output-dir DIR [grid options]
+                       [--teacher DIR --distill pred|two-stage]
 
 Fine-tunes the model on each task over a grid of learning rates x batch sizes with N seeds per cell
 (resumable: finished runs are loaded, never redone), selects the cell by the median dev score, and
@@ -12,6 +13,7 @@ import sys
 
 from ..config import ConfigError
 from .data import GlueFormatError
+from .distill import TaskDistillConfig
 from .finetune import FinetuneConfig
 from .grid import GridConfig, run_grid
 from .tasks import get_task
@@ -39,13 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layerwise-lr-decay", type=float, default=1.0, help="ELECTRA fine-tuning uses 0.8")
     parser.add_argument("--max-train-examples", type=int, default=0, help="train on a subset (0: all)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--teacher", help="fine-tuned teacher to distil from; '{task}' in it becomes the task name")
+    parser.add_argument("--distill", default="pred", choices=["pred", "two-stage"])
+    parser.add_argument("--pred-loss", default="kl", choices=["kl", "mse"])
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--hard-weight", type=float, default=0.0, help="weight of the gold-label loss")
     args = parser.parse_args(argv)
     try:
         tasks = [get_task(t) for t in args.tasks.split(",") if t]
         finetune = FinetuneConfig(epochs=args.epochs, max_len=args.max_len, warmup_ratio=args.warmup_ratio,
                                   weight_decay=args.weight_decay, layerwise_lr_decay=args.layerwise_lr_decay,
                                   max_train_examples=args.max_train_examples, mixed_precision=args.mixed_precision)
-        grid = GridConfig(lrs=args.lrs, batch_sizes=args.batch_sizes, seeds=args.seeds, finetune=finetune)
+        distill = TaskDistillConfig(mode=args.distill, pred_loss=args.pred_loss, temperature=args.temperature,
+                                    hard_weight=args.hard_weight)
+        grid = GridConfig(lrs=args.lrs, batch_sizes=args.batch_sizes, seeds=args.seeds, finetune=finetune,
+                          teacher=args.teacher, distill=distill)
         results = run_grid(args.model, tasks, args.glue_dir, grid, args.output_dir,
                            command="python -m kd_core.glue " + " ".join(argv if argv is not None else sys.argv[1:]),
                            label=args.label)

@@ -122,13 +122,9 @@ def load_for_task(model_path: str, task: Task):
     return model, tokenizer
 
 
-def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg: FinetuneConfig, seed: int,
-                          output_dir: str | Path, data_cache: dict | None = None) -> dict:
-    """Fine-tune on train, evaluate on every dev split: every metric, the combined score, wall time."""
-    t0 = time.perf_counter()
-    seed_everything(seed)
-    model, tokenizer = load_for_task(model_path, task)
-    cache = data_cache if data_cache is not None else {}
+def task_rows(task: Task, glue_dir: str | None, cfg: FinetuneConfig, tokenizer, cache: dict
+              ) -> tuple[EncodedRows, dict[str, tuple[EncodedRows, np.ndarray]]]:
+    """Encoded train rows (optionally a fixed subset) and, per dev split, encoded rows and labels."""
     for split in ("train", *task.dev_splits):
         if (task.name, split) not in cache:
             cache[(task.name, split)] = load_split(task, split, glue_dir)
@@ -136,18 +132,39 @@ def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg
     if cfg.max_train_examples and len(train_examples) > cfg.max_train_examples:
         pick = np.random.default_rng(0).permutation(len(train_examples))[:cfg.max_train_examples]
         train_examples = [train_examples[i] for i in sorted(pick)]
-    train_rows = encode(tokenizer, train_examples, cfg.max_len)
+    dev = {split: (encode(tokenizer, cache[(task.name, split)], cfg.max_len),
+                   np.array([e.label for e in cache[(task.name, split)]])) for split in task.dev_splits}
+    return encode(tokenizer, train_examples, cfg.max_len), dev
+
+
+def train_and_evaluate(objective: Objective, weights: dict[str, float], tokenizer, task: Task, train_rows,
+                       cfg: FinetuneConfig, seed: int, output_dir: str | Path, epochs: float | None = None) -> dict:
+    """Train `objective` on the task's rows through the engine; returns the train summary and steps."""
     collate = make_collate(tokenizer.pad_token_id, task.is_regression)
-    tcfg = train_config(cfg, len(train_rows), seed)
-    engine = Engine(tcfg, ClassificationObjective(model, task.is_regression), {"task": 1.0}, train_rows, collate,
-                    output_dir, tcfg, tokenizer=tokenizer)
+    tcfg = train_config(FinetuneConfig(**{**cfg.__dict__, "epochs": epochs or cfg.epochs}), len(train_rows), seed)
+    engine = Engine(tcfg, objective, weights, train_rows, collate, output_dir, tcfg, tokenizer=tokenizer)
     summary = engine.fit()
+    return {"summary": summary, "steps": tcfg.max_steps, "device": engine.accelerator.device}
+
+
+def evaluate(model: nn.Module, tokenizer, task: Task, dev: dict, cfg: FinetuneConfig, device) -> dict[str, float]:
+    collate = make_collate(tokenizer.pad_token_id, task.is_regression)
     metrics: dict[str, float] = {}
-    for split in task.dev_splits:
-        examples = cache[(task.name, split)]
-        rows = encode(tokenizer, examples, cfg.max_len)
-        preds = predict(engine.objective.student, rows, collate, cfg.eval_batch_size, engine.accelerator.device)
-        metrics.update(split_metrics(task, preds, np.array([e.label for e in examples]), split))
+    for split, (rows, labels) in dev.items():
+        metrics.update(split_metrics(task, predict(model, rows, collate, cfg.eval_batch_size, device), labels, split))
+    return metrics
+
+
+def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg: FinetuneConfig, seed: int,
+                          output_dir: str | Path, data_cache: dict | None = None) -> dict:
+    """Fine-tune on train, evaluate on every dev split: every metric, the combined score, wall time."""
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    model, tokenizer = load_for_task(model_path, task)
+    train_rows, dev = task_rows(task, glue_dir, cfg, tokenizer, data_cache if data_cache is not None else {})
+    run = train_and_evaluate(ClassificationObjective(model, task.is_regression), {"task": 1.0}, tokenizer, task,
+                             train_rows, cfg, seed, output_dir)
+    metrics = evaluate(model, tokenizer, task, dev, cfg, run["device"])
     return {"metrics": metrics, "combined": combined_score(task, metrics), "seed": seed,
-            "train_examples": len(train_rows), "steps": tcfg.max_steps,
-            "final_train_loss": summary.get("loss/task"), "wall_s": round(time.perf_counter() - t0, 1)}
+            "train_examples": len(train_rows), "steps": run["steps"],
+            "final_train_loss": run["summary"].get("loss/task"), "wall_s": round(time.perf_counter() - t0, 1)}

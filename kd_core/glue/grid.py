@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..checkpoint import atomic_write_text
+from .distill import TaskDistillConfig, distill_and_evaluate
 from .finetune import FinetuneConfig, finetune_and_evaluate
 from .metrics import glue_macro
 from .tasks import Task
@@ -30,6 +31,8 @@ class GridConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [16, 32])
     seeds: int = 3
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    teacher: str | None = None  # a model fine-tuned on the task: distil it instead of plain fine-tuning
+    distill: TaskDistillConfig = field(default_factory=TaskDistillConfig)
 
 
 def cell_name(lr: float, batch_size: int) -> str:
@@ -47,6 +50,11 @@ def summarise_cell(task: Task, runs: list[dict]) -> dict:
             "primary_median": metrics[task.primary]["median"]}
 
 
+def teacher_for(teacher: str, task: Task) -> str:
+    """A teacher per task: `{task}` in the path is replaced by the task name (e.g. runs/teacher/{task})."""
+    return teacher.replace("{task}", task.name)
+
+
 def run_task_grid(model: str, task: Task, glue_dir: str | None, grid: GridConfig, output_dir: Path,
                   log=print) -> dict:
     cells = {}
@@ -62,7 +70,11 @@ def run_task_grid(model: str, task: Task, glue_dir: str | None, grid: GridConfig
                     log(f"{task.name} {cell_name(lr, bs)} seed {seed}: done before, loaded")
                     continue
                 cfg = FinetuneConfig(**{**asdict(grid.finetune), "lr": lr, "batch_size": bs})
-                result = finetune_and_evaluate(model, task, glue_dir, cfg, seed, run_dir, cache)
+                if grid.teacher:
+                    result = distill_and_evaluate(model, teacher_for(grid.teacher, task), task, glue_dir, cfg,
+                                                  grid.distill, seed, run_dir, cache)
+                else:
+                    result = finetune_and_evaluate(model, task, glue_dir, cfg, seed, run_dir, cache)
                 atomic_write_text(done, json.dumps(result, indent=1))
                 log(f"{task.name} {cell_name(lr, bs)} seed {seed}: "
                     + ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) + f" ({result['wall_s']} s)")

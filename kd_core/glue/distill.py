@@ -1,0 +1,116 @@
+"""Task-specific distillation: a fine-tuned teacher into a student on the same GLUE task.
+
+Terms (weights in TaskDistillConfig; 0 = not computed):
+- pred: the teacher's predictions as soft targets, KL(softmax(t/T) || softmax(s/T)) * T^2, or MSE on
+        logits (`pred_loss: mse`, as the Korean slides do; always MSE for regression tasks);
+- hard: the student's own loss on the gold labels (cross-entropy, or MSE for STS-B);
+- emb / hid / att: TinyBERT's intermediate-layer terms (kd_core.intermediate), with projections.
+`mode: two-stage` is TinyBERT's schedule: stage 1 trains emb+hid+att only (`stage1_epochs`), stage 2
+continues from it with pred (+ hard). The loss functions and layer maps are bert_kd's own.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..checkpoint import seed_everything
+from ..heads import encoder_inputs
+from ..intermediate import IntermediateLosses
+from ..layer_map import resolve_layer_map
+from ..losses import kd_kl, logits_mse
+from ..objective import Objective
+from ..student import num_layers
+from .finetune import FinetuneConfig, evaluate, load_for_task, task_rows, train_and_evaluate
+from .metrics import combined_score
+from .tasks import Task
+
+
+@dataclass
+class TaskDistillConfig:
+    mode: Literal["pred", "two-stage"] = "pred"
+    pred_loss: Literal["kl", "mse"] = "kl"
+    temperature: float = 1.0
+    pred_weight: float = 1.0
+    hard_weight: float = 0.0
+    stage1_epochs: float = 3.0
+    intermediate_weight: float = 1.0  # each of emb, hid, att in stage 1
+    layers: str = "uniform_last"  # student layer i imitates this teacher layer (TinyBERT's g(m))
+
+
+def width(model: nn.Module) -> int:
+    return getattr(model.config, "hidden_size", None) or model.config.dim
+
+
+class TaskDistillObjective(Objective):
+    def __init__(self, student: nn.Module, teacher: nn.Module, task: Task, weights: dict[str, float],
+                 cfg: TaskDistillConfig):
+        super().__init__(student, teacher)
+        if student.config.vocab_size != teacher.config.vocab_size:
+            raise ValueError(f"vocab mismatch: student {student.config.vocab_size} tokens, teacher "
+                             f"{teacher.config.vocab_size}; distil between models that share a tokenizer")
+        if getattr(teacher.config, "num_labels", None) != task.num_labels:
+            raise ValueError(f"the teacher has {teacher.config.num_labels} outputs, task {task.name} needs "
+                             f"{task.num_labels}: give a teacher fine-tuned on {task.name}")
+        self.task, self.cfg = task, cfg
+        self.active = {k for k, w in weights.items() if w}
+        layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), num_layers(student.config))
+        self.intermediate = IntermediateLosses(self.active, width(student), width(teacher), layer_map)
+        attn = "eager" if self.intermediate.needs_attentions else "sdpa"
+        for model in (student, teacher):
+            model.set_attn_implementation(attn)
+
+    def _run(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        return model(**encoder_inputs(batch, model), output_hidden_states=self.intermediate.needs_hidden_states,
+                     output_attentions=self.intermediate.needs_attentions)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            t_out = self._run(self.teacher, batch)
+        s_out = self._run(self.student, batch)
+        terms = self.intermediate(s_out, t_out, batch["attention_mask"])
+        if "pred" in self.active:
+            if self.task.is_regression or self.cfg.pred_loss == "mse":
+                terms["pred"] = logits_mse(s_out.logits, t_out.logits)
+            else:
+                terms["pred"] = kd_kl(s_out.logits, t_out.logits, None, self.cfg.temperature)
+        if "hard" in self.active:
+            logits = s_out.logits.float()
+            terms["hard"] = (nn.functional.mse_loss(logits.squeeze(-1), batch["labels"]) if self.task.is_regression
+                             else nn.functional.cross_entropy(logits, batch["labels"]))
+        return terms
+
+
+def stage_weights(cfg: TaskDistillConfig) -> list[tuple[str, dict[str, float], float | None]]:
+    """(name, loss weights, epochs) of each stage; epochs None means the fine-tuning config's."""
+    prediction = {"pred": cfg.pred_weight, "hard": cfg.hard_weight}
+    if cfg.mode == "pred":
+        return [("pred", prediction, None)]
+    w = cfg.intermediate_weight
+    return [("stage1", {"emb": w, "hid": w, "att": w}, cfg.stage1_epochs), ("stage2", prediction, None)]
+
+
+def distill_and_evaluate(student_path: str, teacher_path: str, task: Task, glue_dir: str | None,
+                         cfg: FinetuneConfig, dcfg: TaskDistillConfig, seed: int, output_dir: str | Path,
+                         data_cache: dict | None = None) -> dict:
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    student, tokenizer = load_for_task(student_path, task)
+    teacher, _ = load_for_task(teacher_path, task)
+    train_rows, dev = task_rows(task, glue_dir, cfg, tokenizer, data_cache if data_cache is not None else {})
+    stages = {}
+    for name, weights, epochs in stage_weights(dcfg):
+        objective = TaskDistillObjective(student, teacher, task, weights, dcfg)
+        run = train_and_evaluate(objective, weights, tokenizer, task, train_rows, cfg, seed,
+                                 Path(output_dir) / name, epochs)
+        stages[name] = {"weights": weights, "steps": run["steps"],
+                        "final": {k: v for k, v in run["summary"].items() if k.startswith("loss/")}}
+    student.set_attn_implementation("sdpa")
+    metrics = evaluate(student, tokenizer, task, dev, cfg, run["device"])
+    return {"metrics": metrics, "combined": combined_score(task, metrics), "seed": seed, "teacher": teacher_path,
+            "distill": dcfg.__dict__, "stages": stages, "train_examples": len(train_rows),
+            "wall_s": round(time.perf_counter() - t0, 1)}

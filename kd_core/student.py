@@ -134,7 +134,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
     if cfg.arch == "distilbert":
         student = DistilBertForMaskedLM(config)
     else:
-        student = (model_class or AutoModelForMaskedLM).from_config(config)
+        student = model_class(config) if model_class else AutoModelForMaskedLM.from_config(config)
     report: dict = {"init": cfg.init}
     if cfg.init == "teacher":
         source = teacher.state_dict()

@@ -46,3 +46,23 @@ def tiny_bert_teacher(directory: Path, tokenizer, layers: int = 4, hidden: int =
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model
+
+
+def tiny_electra(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, embedding: int = 16, seed: int = 0):
+    """A random ElectraForPreTraining discriminator and a small generator, saved with the tokenizer."""
+    import torch
+    from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), embedding_size=embedding, max_position_embeddings=64,
+                  pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                  initializer_range=0.2)
+    disc = ElectraForPreTraining(ElectraConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                                               intermediate_size=2 * hidden, **common))
+    gen = ElectraForMaskedLM(ElectraConfig(hidden_size=hidden // 4, num_hidden_layers=2, num_attention_heads=1,
+                                           intermediate_size=hidden // 2, **common))
+    disc.save_pretrained(directory / "discriminator")
+    gen.save_pretrained(directory / "generator")
+    for d in ("discriminator", "generator"):
+        tokenizer.save_pretrained(directory / d)
+    return disc, gen

@@ -1,0 +1,52 @@
+"""python -m electra_kd distill | ablate
+
+  distill --config C.yaml [--set section.key=value ...] --output-dir DIR [--resume]
+          (b1 = b2 = b3 = 0: ELECTRA pretraining of the student without a teacher)
+  ablate  --grid recipes/configs/electra_ablation.yaml --output-dir DIR [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from accelerate import PartialState
+
+from kd_core.config import ConfigError, load_config
+from kd_core.engine import NonFiniteLossError
+from kd_core.glue.data import GlueFormatError
+
+from .ablate import AblationConfig, ablate
+from .distill import ElectraRunConfig, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m electra_kd")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("distill", help="distil (or pretrain) a small ELECTRA discriminator")
+    d.add_argument("--config")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    d.add_argument("--output-dir", required=True)
+    d.add_argument("--resume", action="store_true")
+    a = sub.add_parser("ablate", help="grid over b1/b2/b3, each run evaluated on GLUE")
+    a.add_argument("--grid", required=True)
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--output-dir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "distill":
+            summary = run(load_config(ElectraRunConfig, args.config, args.overrides), args.output_dir, args.resume)
+            if PartialState().is_main_process:
+                print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+                print(f"TensorBoard: tensorboard --logdir {args.output_dir}/tb")
+        else:
+            cfg = load_config(AblationConfig, args.grid, args.overrides)
+            ablate(cfg, args.output_dir, command="python -m electra_kd " + " ".join(sys.argv[1:] if argv is None else argv))
+            print(open(f"{args.output_dir}/ablation.md").read())
+    except (ConfigError, FileNotFoundError, GlueFormatError, ValueError, KeyError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

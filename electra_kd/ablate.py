@@ -1,0 +1,146 @@
+"""The b1/b2/b3 ablation: one distillation run per grid point, each followed by the GLUE harness.
+
+python -m electra_kd ablate --grid recipes/configs/electra_ablation.yaml --output-dir DIR [--set base.key=value]
+
+The grid file names a base run config, the values of b1, b2, b3 to cross, and the GLUE settings.
+Resumable at every level: a finished run (its final/ exists) is not trained again, an interrupted
+one continues from its newest checkpoint, and the GLUE grid loads finished fine-tuning runs.
+Writes ablation.json, ablation.md, heatmap.svg (primary GLUE score over b1 x b2, one panel per b3)
+and TensorBoard hparams under tb/ so the runs compare side by side.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kd_core.checkpoint import atomic_write_text
+from kd_core.config import load_config, to_dict
+from kd_core.glue.finetune import FinetuneConfig
+from kd_core.glue.grid import GridConfig, provenance, run_grid
+from kd_core.glue.tasks import get_task
+from kd_core.metrics_log import read_metrics
+
+from .distill import ElectraRunConfig, run
+
+
+@dataclass
+class GlueSettings:
+    tasks: list[str] = field(default_factory=lambda: ["rte"])
+    glue_dir: str | None = None
+    lrs: list[float] = field(default_factory=lambda: [1e-4])
+    batch_sizes: list[int] = field(default_factory=lambda: [32])
+    seeds: int = 1
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class AblationConfig:
+    base: ElectraRunConfig = field(default_factory=ElectraRunConfig)
+    b1: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    b2: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    b3: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    glue: GlueSettings = field(default_factory=GlueSettings)
+
+
+def point_name(b1: float, b2: float, b3: float) -> str:
+    return f"b1={b1:g}_b2={b2:g}_b3={b3:g}"
+
+
+def score_of(results: dict) -> float:
+    """Mean over tasks of the chosen cell's median primary metric."""
+    return statistics.fmean(t["metrics"][t["primary"]]["median"] for t in results["tasks"].values())
+
+
+def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log=print) -> dict:
+    run_dir = out / point_name(*b)
+    run_cfg = load_config(ElectraRunConfig, base=to_dict(cfg.base),
+                          overrides=[f"loss.b1={b[0]}", f"loss.b2={b[1]}", f"loss.b3={b[2]}"])
+    if not (run_dir / "final" / "config.json").is_file():
+        log(f"== {point_name(*b)}: distillation")
+        run(run_cfg, str(run_dir), resume=True)
+    else:
+        log(f"== {point_name(*b)}: distilled before, skipped")
+    g = cfg.glue
+    glue = run_grid(str(run_dir / "final"), [get_task(t) for t in g.tasks], g.glue_dir,
+                    GridConfig(lrs=g.lrs, batch_sizes=g.batch_sizes, seeds=g.seeds, finetune=g.finetune),
+                    run_dir / "glue", label=point_name(*b))
+    train = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss/total" in r]
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/ce" in r]
+    return {"b1": b[0], "b2": b[1], "b3": b[2], "run_dir": str(run_dir), "score": score_of(glue),
+            "glue": {name: {m: s["median"] for m, s in t["metrics"].items()} for name, t in glue["tasks"].items()},
+            "final_train_losses": {k: v for k, v in train[-1].items() if k.startswith("loss/")} if train else {},
+            "final_eval_ce": evals[-1]["eval/loss/ce"] if evals else None}
+
+
+def write_hparams(out: Path, point: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    name = point_name(point["b1"], point["b2"], point["b3"])
+    with SummaryWriter(str(out / "tb" / name)) as w:
+        metrics = {"glue/score": point["score"]}
+        if point["final_eval_ce"] is not None:
+            metrics["eval/rtd_ce"] = point["final_eval_ce"]
+        w.add_hparams({"b1": point["b1"], "b2": point["b2"], "b3": point["b3"]}, metrics, run_name=".")
+
+
+def heatmap_svg(points: list[dict], title: str) -> str:
+    """Primary score over (b1 rows, b2 columns), one panel per b3 value; plain SVG, no plotting library."""
+    b1s = sorted({p["b1"] for p in points})
+    b2s = sorted({p["b2"] for p in points})
+    b3s = sorted({p["b3"] for p in points})
+    scores = [p["score"] for p in points]
+    lo, hi = min(scores), max(scores)
+    cell, pad, top = 64, 60, 50
+    panel_w = pad + cell * len(b2s) + 30
+    width, height = panel_w * len(b3s) + 20, top + pad + cell * len(b1s) + 20
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="12"><text x="10" y="20" font-size="14">{title}</text>']
+    by_key = {(p["b1"], p["b2"], p["b3"]): p["score"] for p in points}
+    for k, b3 in enumerate(b3s):
+        x0 = 10 + k * panel_w
+        parts.append(f'<text x="{x0 + pad}" y="{top - 8}">b3 = {b3:g} (columns: b2, rows: b1)</text>')
+        for j, b2 in enumerate(b2s):
+            parts.append(f'<text x="{x0 + pad + j * cell + cell / 2}" y="{top + 12}" text-anchor="middle">{b2:g}</text>')
+        for i, b1 in enumerate(b1s):
+            y = top + 20 + i * cell
+            parts.append(f'<text x="{x0 + pad - 8}" y="{y + cell / 2 + 4}" text-anchor="end">{b1:g}</text>')
+            for j, b2 in enumerate(b2s):
+                value = by_key.get((b1, b2, b3))
+                if value is None:
+                    continue
+                t = (value - lo) / (hi - lo) if hi > lo else 0.5
+                color = f"rgb({int(255 - 200 * t)},{int(255 - 120 * t)},{int(255 - 40 * t)})"
+                x = x0 + pad + j * cell
+                parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color}" stroke="#333"/>')
+                parts.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle">{value:.1f}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=print) -> list[dict]:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    points = []
+    for b in itertools.product(cfg.b1, cfg.b2, cfg.b3):
+        point = run_point(cfg, b, out, log)
+        write_hparams(out, point)
+        points.append(point)
+    tasks = ", ".join(cfg.glue.tasks)
+    metric_cols = sorted({(t, m) for p in points for t, ms in p["glue"].items() for m in ms})
+    lines = ["| b1 | b2 | b3 | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols) + " | final L_ce (RTD) |",
+             "|" + "---|" * (len(metric_cols) + 5)]
+    for p in points:
+        ce = p["final_train_losses"].get("loss/ce")
+        ce_text = f"{ce:.4f}" if ce is not None else "–"
+        lines.append(f"| {p['b1']:g} | {p['b2']:g} | {p['b3']:g} | {p['score']:.2f} | "
+                     + " | ".join(f"{p['glue'][t][m]:.2f}" for t, m in metric_cols) + f" | {ce_text} |")
+    table = "\n".join(lines)
+    atomic_write_text(out / "ablation.md", f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks})\n\n"
+                      + table + "\n")
+    atomic_write_text(out / "ablation.json", json.dumps({"points": points, "config": to_dict(cfg),
+                                                         "provenance": provenance(command)}, indent=1))
+    atomic_write_text(out / "heatmap.svg", heatmap_svg(points, f"GLUE dev score ({tasks}) over b1 x b2 x b3"))
+    return points

@@ -1,0 +1,100 @@
+"""ELECTRA distillation / pretraining runs: config, model construction, and the run function behind
+`python -m electra_kd distill --config C.yaml [--set ...] --output-dir DIR`."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from kd_core.checkpoint import atomic_dir, commit_dir, seed_everything
+from kd_core.data import MaskingCollator, MaskingConfig, open_corpus, read_stats
+from kd_core.engine import Engine, TrainConfig
+from kd_core.pretrain import DataConfig, check_compatible
+from kd_core.student import StudentConfig, build_student
+
+from .objective import ElectraLossConfig, ElectraObjective, loss_weights, tie_generator_embeddings
+
+
+@dataclass
+class GeneratorConfig:
+    path: str | None = None  # a pretrained ElectraForMaskedLM; empty: a new one, trained jointly
+    width_fraction: float = 0.25  # new generator: hidden size = fraction x discriminator's (ELECTRA: 1/4-1/3)
+    num_layers: int | None = None  # new generator: default the student's depth
+    tie_embeddings: bool = True  # share token/position embeddings with the student (new generators)
+
+
+@dataclass
+class ElectraRunConfig:
+    teacher: str = ""  # an ElectraForPreTraining discriminator: the student's shape/init source, and teacher
+    student: StudentConfig = field(default_factory=lambda: StudentConfig(num_layers=3))
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=lambda: MaskingConfig(replace=(0.85, 0.0, 0.15), whole_word=False))
+    loss: ElectraLossConfig = field(default_factory=ElectraLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_discriminator(path: str) -> ElectraForPreTraining:
+    try:
+        return ElectraForPreTraining.from_pretrained(path, dtype=torch.float32)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load an ELECTRA discriminator from '{path}': give a directory saved "
+                                f"with save_pretrained or a hub name such as google/electra-base-discriminator ({e})") from e
+
+
+def new_generator(student: ElectraForPreTraining, cfg: GeneratorConfig) -> ElectraForMaskedLM:
+    s = student.config
+    heads = max(1, s.num_attention_heads // round(1 / cfg.width_fraction))
+    hidden = max(heads, round(s.hidden_size * cfg.width_fraction / heads) * heads)
+    gen = ElectraForMaskedLM(ElectraConfig(
+        vocab_size=s.vocab_size, embedding_size=s.embedding_size, hidden_size=hidden,
+        num_hidden_layers=cfg.num_layers or s.num_hidden_layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=s.max_position_embeddings,
+        pad_token_id=s.pad_token_id, type_vocab_size=s.type_vocab_size))
+    if cfg.tie_embeddings:
+        tie_generator_embeddings(gen, student)
+    return gen
+
+
+def build(cfg: ElectraRunConfig):
+    """(objective, loss weights, tokenizer, init report)."""
+    if not cfg.teacher:
+        raise ValueError("no teacher: set `teacher:` (an ELECTRA discriminator; it also gives the student its shape)")
+    teacher = load_discriminator(cfg.teacher)
+    student, layer_map, report = build_student(teacher, cfg.student, model_class=ElectraForPreTraining)
+    if cfg.generator.path:
+        generator = ElectraForMaskedLM.from_pretrained(cfg.generator.path, dtype=torch.float32)
+    else:
+        generator = new_generator(student, cfg.generator)
+        if not cfg.loss.train_generator:
+            raise ValueError("a new generator must be trained: set loss.train_generator=true, or give generator.path")
+    distilling = any((cfg.loss.b1, cfg.loss.b2, cfg.loss.b3))
+    weights = loss_weights(cfg.loss, distilling)
+    objective = ElectraObjective(student, generator, weights, cfg.loss, teacher if distilling else None, layer_map)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer or cfg.teacher)
+    return objective, weights, tokenizer, report
+
+
+def run(cfg: ElectraRunConfig, output_dir: str, resume: bool = False) -> dict[str, float]:
+    seed_everything(cfg.train.seed)
+    objective, weights, tokenizer, report = build(cfg)
+    stats = read_stats(cfg.data.corpus)
+    check_compatible(objective.student, tokenizer, stats["max_len"])
+    train_rows = open_corpus(cfg.data.corpus, tokenizer, "train")
+    valid_rows = open_corpus(cfg.data.corpus, tokenizer, "valid")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "student_init.json").write_text(json.dumps({k: v for k, v in report.items() if k != "copied"}, indent=1))
+    collate = MaskingCollator.from_tokenizer(cfg.masking, tokenizer)
+    engine = Engine(cfg.train, objective, weights, train_rows, collate, out, cfg, tokenizer=tokenizer,
+                    eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
+    summary = engine.fit()
+    if engine.accelerator.is_main_process:  # the generator beside the student, for reuse as a frozen one
+        tmp = atomic_dir(out / "generator")
+        objective.generator.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        commit_dir(tmp, out / "generator")
+    return summary

@@ -22,6 +22,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
@@ -163,6 +164,10 @@ class Engine:
         self.output_dir = Path(output_dir)
         self.run_config, self.tokenizer = run_config, tokenizer
         self.train_rows, self.eval_rows, self.collate = train_rows, eval_rows, collate
+        # accelerate keeps one precision per process; engines run one after another (distil, then fine-tune)
+        # may differ, so reset it (the distributed PartialState is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         # cpu=True is what makes accelerate run multi-process CPU (gloo) under torchrun / accelerate launch
         self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available())
         acc = self.accelerator

@@ -310,3 +310,10 @@ def test_layerwise_lr_decay_groups(tiny_tokenizer):
     assert lr_of[id(model.bert.encoder.layer[0].output.dense.weight)] == 0.125
     assert lr_of[id(model.bert.embeddings.word_embeddings.weight)] == 0.0625
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_engines_with_different_precisions_in_one_process(tiny_corpus, tmp_path):
+    """A bf16 distillation followed by an fp32 fine-tuning in the same process (recipes do this)."""
+    pretrain.run(tiny_pretrain_config(tiny_corpus, mixed_precision="bf16", max_steps=2), str(tmp_path / "a"))
+    pretrain.run(tiny_pretrain_config(tiny_corpus, mixed_precision="no", max_steps=2), str(tmp_path / "b"))
+    assert (tmp_path / "b" / "final" / "model.safetensors").is_file()

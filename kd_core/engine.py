@@ -63,6 +63,8 @@ class TrainConfig:
     group_by_length: bool = False  # batch rows of similar length together (for one-segment-per-row corpora)
     layerwise_lr_decay: float = 1.0  # < 1: lower layers learn slower (ELECTRA fine-tuning: 0.8)
     save_at_end: bool = True  # final checkpoint and final/ model (grids of fine-tuning cells turn it off)
+    compile: bool = False  # torch.compile the student's and teacher's encoders (GPU; fixed shapes compile once)
+    teacher_half: bool = False  # keep the frozen teacher's weights in the mixed-precision dtype (bf16/fp16)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -191,6 +193,12 @@ class Engine:
             acc.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=train.micro_batch_size, gradient_accumulation_steps=self.accumulation)
         self.model, self.optimizer = acc.prepare(objective, optimizer)
+        if train.teacher_half and objective.teacher is not None and train.mixed_precision != "no":
+            objective.teacher.to(torch.bfloat16 if train.mixed_precision == "bf16" else torch.float16)
+        if train.compile:
+            for model in (objective.student, objective.teacher):
+                if model is not None:
+                    model.base_model.compile()
 
         if acc.is_main_process:
             print(f"engine: {acc.num_processes} process(es) on {acc.device}, precision {train.mixed_precision}, "

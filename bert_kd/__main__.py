@@ -9,10 +9,8 @@ import argparse
 import json
 import sys
 
-from accelerate import PartialState
-
-from kd_core.config import ConfigError, load_config
-from kd_core.engine import NonFiniteLossError
+from kd_core.cli import run_and_report
+from kd_core.config import load_config
 from kd_core.student import StudentConfig, build_student, load_masked_lm
 
 from .distill import DistilConfig, run
@@ -46,19 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--output-dir", required=True)
     d.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "extract":
-            extract(args)
-            return 0
-        summary = run(load_config(DistilConfig, args.config, args.overrides), args.output_dir, args.resume)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if PartialState().is_main_process:
-        print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
-        print(f"TensorBoard: tensorboard --logdir {args.output_dir}/tb")
-    return 0
-
+    if args.command == "extract":
+        return run_and_report(lambda: extract(args) or {}, args.output)
+    return run_and_report(lambda: run(load_config(DistilConfig, args.config, args.overrides), args.output_dir,
+                                      args.resume), args.output_dir)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,11 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from accelerate import PartialState
-
-from kd_core.config import ConfigError, load_config
-from kd_core.engine import NonFiniteLossError
-from kd_core.glue.data import GlueFormatError
+from kd_core.cli import run_and_report
+from kd_core.config import load_config
 
 from .ablate import AblationConfig, ablate
 from .distill import ElectraRunConfig, run
@@ -32,21 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "distill":
-            summary = run(load_config(ElectraRunConfig, args.config, args.overrides), args.output_dir, args.resume)
-            if PartialState().is_main_process:
-                print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
-                print(f"TensorBoard: tensorboard --logdir {args.output_dir}/tb")
-        else:
-            cfg = load_config(AblationConfig, args.grid, args.overrides)
-            ablate(cfg, args.output_dir, command="python -m electra_kd " + " ".join(sys.argv[1:] if argv is None else argv))
-            print(open(f"{args.output_dir}/ablation.md").read())
-    except (ConfigError, FileNotFoundError, GlueFormatError, ValueError, KeyError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if args.command == "distill":
+        return run_and_report(lambda: run(load_config(ElectraRunConfig, args.config, args.overrides),
+                                          args.output_dir, args.resume), args.output_dir)
+    command = "python -m electra_kd " + " ".join(sys.argv[1:] if argv is None else argv)
 
+    def run_ablation() -> dict:
+        ablate(load_config(AblationConfig, args.grid, args.overrides), args.output_dir, command=command)
+        print(open(f"{args.output_dir}/ablation.md").read())
+        return {}
+    return run_and_report(run_ablation, args.output_dir)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,13 +11,13 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from accelerate import PartialState
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig
 
 from .checkpoint import seed_everything
-from .config import ConfigError, load_config
+from .cli import run_and_report
+from .config import load_config
 from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
-from .engine import Engine, NonFiniteLossError, TrainConfig
+from .engine import Engine, TrainConfig
 from .heads import masked_lm_loss
 from .student import load_masked_lm
 from .objective import Objective
@@ -108,17 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-        summary = run(cfg, args.output_dir, args.resume)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if PartialState().is_main_process:
-        print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
-        print(f"TensorBoard: tensorboard --logdir {args.output_dir}/tb")
-    return 0
-
+    return run_and_report(lambda: run(load_config(PretrainConfig, args.config, args.overrides), args.output_dir,
+                                      args.resume), args.output_dir)
 
 if __name__ == "__main__":
     sys.exit(main())

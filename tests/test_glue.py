@@ -132,6 +132,10 @@ def test_stsb_is_regression(tiny_model, tiny_glue, tmp_path):
     assert -100 <= run["metrics"]["pearson"] <= 100
 
 
+class Killed(Exception):
+    """Stands for a kill: KeyboardInterrupt would stop pytest itself."""
+
+
 def test_grid_resumes_without_redoing_finished_runs(tiny_model, tiny_glue, tmp_path, monkeypatch):
     grid = GridConfig(lrs=[1e-3, 3e-3], batch_sizes=[16], seeds=2, finetune=FinetuneConfig(epochs=3))
     calls = []
@@ -140,12 +144,12 @@ def test_grid_resumes_without_redoing_finished_runs(tiny_model, tiny_glue, tmp_p
     def counting(model, task, glue_dir, cfg, seed, out, cache):
         calls.append((cfg.lr, seed))
         if len(calls) == 3:
-            raise KeyboardInterrupt("killed after the first cell")
+            raise Killed("killed after the first cell")
         return real(model, task, glue_dir, cfg, seed, out, cache)
 
     monkeypatch.setattr(grid_module, "finetune_and_evaluate", counting)
     out = tmp_path / "grid"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         run_grid(str(tiny_model), [get_task("rte")], str(tiny_glue), grid, out)
     assert calls == [(1e-3, 0), (1e-3, 1), (3e-3, 0)]
     calls.clear()

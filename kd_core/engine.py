@@ -33,6 +33,7 @@ from .config import dump_config, to_dict
 from .metrics_log import MetricsLog
 from .objective import Objective, weighted_total
 from .optim import build_optimizer, build_scheduler, warmup_steps
+from .student import num_layers
 
 Collate = Callable[[list, torch.Generator], dict]
 
@@ -180,11 +181,9 @@ class Engine:
 
         self.objective = objective
         fused = acc.device.type == "cuda"
-        n_layers = getattr(objective.student.config, "num_hidden_layers", None) or \
-            getattr(objective.student.config, "n_layers", 0)
         optimizer = build_optimizer(objective, train.lr, train.weight_decay,
                                     (train.adam_beta1, train.adam_beta2), train.adam_eps, fused,
-                                    train.layerwise_lr_decay, n_layers)
+                                    train.layerwise_lr_decay, num_layers(objective.student.config))
         n_warmup = warmup_steps(train.max_steps, train.warmup_steps, train.warmup_ratio)
         # the scheduler is not prepared by accelerate: it steps once per optimizer step, on every process
         self.scheduler = build_scheduler(optimizer, train.schedule, train.max_steps, n_warmup)

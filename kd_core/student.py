@@ -72,6 +72,7 @@ def bert_to_distilbert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def num_layers(config) -> int:
+    """Encoder depth of an HF config (DistilBERT calls it n_layers)."""
     return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
 
 

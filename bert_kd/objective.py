@@ -25,7 +25,7 @@ from kd_core import losses
 from kd_core.heads import IGNORE_INDEX, encoder_inputs, mlm_head
 from kd_core.intermediate import IntermediateLosses
 from kd_core.layer_map import LayerMap, resolve_layer_map
-from kd_core.objective import Objective
+from kd_core.objective import Objective, freeze_head
 
 TERMS = ("ce", "mlm", "cos", "mse_logits", "att", "hid", "emb")
 
@@ -60,6 +60,8 @@ class DistillationObjective(Objective):
         loss_map = layer_map if cfg.loss_layers is None else resolve_layer_map(
             cfg.loss_layers, layer_map.n_teacher, layer_map.n_student)
         self.intermediate = IntermediateLosses(self.active, s_width, t_width, loss_map)
+        if not self.active & {"ce", "mse_logits", "mlm"}:
+            freeze_head(student)  # TinyBERT-style runs train no vocabulary head
         attn = "eager" if self.intermediate.needs_attentions else "sdpa"
         for model in (student, teacher):
             model.set_attn_implementation(attn)

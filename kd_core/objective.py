@@ -33,6 +33,17 @@ class Objective(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith(("student.", "teacher."))}
 
 
+def freeze_head(model: nn.Module) -> None:
+    """Freeze the parameters outside the encoder (MLM/classification head) that no active term trains.
+
+    Without this, DDP fails on parameters that never receive a gradient. Weights tied to the encoder
+    (an MLM decoder tied to the word embeddings) stay trainable: they belong to the encoder too."""
+    encoder = {id(p) for p in model.base_model.parameters()}
+    for p in model.parameters():
+        if id(p) not in encoder:
+            p.requires_grad_(False)
+
+
 def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """sum_k weights[k] * terms[k], and each weighted term. Every term needs a weight and vice versa,

@@ -189,6 +189,13 @@ def test_projections_for_narrow_students_get_gradients(teacher, tiny_tokenizer):
     assert proj_hidden.weight.grad.abs().sum() > 0 and proj_emb.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in obj.teacher.parameters())
     assert "intermediate.proj_hidden.weight" in obj.extras_state_dict()
+    # no vocabulary term: the head's own parameters are frozen (DDP needs every trainable one used),
+    # the decoder weight tied to the word embeddings stays trainable with the embeddings
+    tiny = _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, layers=[1, 3]),
+                      {"hid": 1.0, "emb": 1.0, "att": 1.0})
+    assert not tiny.student.cls.predictions.transform.dense.weight.requires_grad
+    assert tiny.student.cls.predictions.decoder.weight.requires_grad
+    assert all(p.requires_grad for p in tiny.student.base_model.parameters())
     with pytest.raises(ValueError, match="L_cos compares last hidden states"):
         _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2), {"cos": 1.0})
     with pytest.raises(KeyError, match="unknown loss term"):

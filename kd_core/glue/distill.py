@@ -23,7 +23,7 @@ from ..heads import encoder_inputs
 from ..intermediate import IntermediateLosses
 from ..layer_map import resolve_layer_map
 from ..losses import kd_kl, logits_mse
-from ..objective import Objective
+from ..objective import Objective, freeze_head
 from ..student import num_layers
 from .finetune import FinetuneConfig, evaluate, load_for_task, task_rows, train_and_evaluate
 from .metrics import combined_score
@@ -60,6 +60,8 @@ class TaskDistillObjective(Objective):
         self.active = {k for k, w in weights.items() if w}
         layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), num_layers(student.config))
         self.intermediate = IntermediateLosses(self.active, width(student), width(teacher), layer_map)
+        if not self.active & {"pred", "hard"}:
+            freeze_head(student)  # stage 1 trains no classifier
         attn = "eager" if self.intermediate.needs_attentions else "sdpa"
         for model in (student, teacher):
             model.set_attn_implementation(attn)
@@ -104,6 +106,7 @@ def distill_and_evaluate(student_path: str, teacher_path: str, task: Task, glue_
     train_rows, dev = task_rows(task, glue_dir, cfg, tokenizer, data_cache if data_cache is not None else {})
     stages = {}
     for name, weights, epochs in stage_weights(dcfg):
+        student.requires_grad_(True)  # stage 1 froze the classifier; stage 2 trains it
         objective = TaskDistillObjective(student, teacher, task, weights, dcfg)
         run = train_and_evaluate(objective, weights, tokenizer, task, train_rows, cfg, seed,
                                  Path(output_dir) / name, epochs)

@@ -20,11 +20,12 @@ from .pretrain import PretrainConfig, run
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus"
 
 
-def corpus_inputs() -> tuple[list[str], str]:
+def corpus_inputs() -> tuple[list[str], str, str]:
+    """(inputs, text format, description) of the quickstart's corpus."""
     if SHARED_CORPUS.is_dir():
-        return [str(SHARED_CORPUS)], f"{SHARED_CORPUS} (WikiText-2 raw valid/test + Gutenberg)"
+        return [str(SHARED_CORPUS)], "auto", f"{SHARED_CORPUS} (WikiText-2 raw valid/test + Gutenberg)"
     path = vader_text_file()
-    return [str(path)], f"{path} (vaderSentiment 3.3.2 snippets from PyPI)"
+    return [str(path)], "lines", f"{path} (vaderSentiment 3.3.2 snippets from PyPI, one per line)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     t0 = time.perf_counter()
 
-    inputs, described = corpus_inputs()
+    inputs, text_format, described = corpus_inputs()
     print(f"[1/2] preparing corpus from {described}")
-    stats = prepare(PrepareConfig(tokenizer=str(minilm_dir()), inputs=inputs, output=str(out / "corpus"),
-                                  max_len=64 if args.smoke else 128, overwrite=True))
+    stats = prepare(PrepareConfig(tokenizer=str(minilm_dir()), inputs=inputs, text_format=text_format,
+                                  output=str(out / "corpus"), max_len=64 if args.smoke else 128, overwrite=True))
     print(f"      {stats['rows']} rows, {stats['tokens']} tokens, mean row length {stats['mean_row_length']:.1f}")
 
     steps = 6 if args.smoke else 300

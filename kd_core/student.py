@@ -113,6 +113,10 @@ def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: lis
             picked[key] = source[source_key]
         else:
             skipped.append(key)
+    if not picked:
+        raise ValueError("nothing could be copied into the student: the source's parameter names or shapes all "
+                         "differ from the student's (another architecture, or a narrower student whose embeddings "
+                         "differ too); use student.init=random, or a source of the student's architecture")
     student.load_state_dict(picked, strict=False)
     if getattr(student.config, "tie_word_embeddings", True):
         student.tie_weights()

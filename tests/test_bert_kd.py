@@ -102,11 +102,15 @@ def test_checkpoint_and_random_init(teacher, tmp_path):
         build_student(teacher, StudentConfig(num_layers=2, init="checkpoint", init_checkpoint=str(donor_dir)))
 
 
-def test_narrow_student_keeps_what_fits(teacher):
+def test_narrow_student_shape_and_init_guard(teacher, tmp_path):
     student, _, report = build_student(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2))
     assert student.config.hidden_size == 16 and student.config.intermediate_size == 32
-    assert report["copied"] == [] or all("LayerNorm" not in k for k in report["copied"])
-    assert any("word_embeddings" in k for k in report["not_copied"])
+    assert report["copied"] == ["cls.predictions.bias", "cls.predictions.decoder.bias"]  # only the tied vocab bias fits
+    donor, _, _ = build_student(teacher, StudentConfig(arch="distilbert", num_layers=2, layers=[0, 1]))
+    donor.save_pretrained(tmp_path / "distilbert")
+    with pytest.raises(ValueError, match="nothing could be copied"):  # DistilBERT names into a BERT student
+        build_student(teacher, StudentConfig(num_layers=2, init="checkpoint", init_checkpoint=str(tmp_path / "distilbert"),
+                                             init_layers=[0, 1]))
 
 
 def test_bert_to_distilbert_names_cover_every_parameter(teacher):
@@ -180,8 +184,8 @@ def test_restrict_ce_to_mask_uses_masked_positions_only(teacher, tiny_tokenizer)
 
 
 def test_projections_for_narrow_students_get_gradients(teacher, tiny_tokenizer):
-    obj = _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, layers=[1, 3]),
-                     {"hid": 1.0, "emb": 1.0, "att": 1.0, "mse_logits": 1.0})
+    obj = _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, layers=[1, 3],
+                                            init="random"), {"hid": 1.0, "emb": 1.0, "att": 1.0, "mse_logits": 1.0})
     proj_hidden, proj_emb = obj.intermediate.proj_hidden, obj.intermediate.proj_emb
     assert proj_hidden.weight.shape == (32, 16) and proj_emb.weight.shape == (32, 16)
     terms = obj(_batch(tiny_tokenizer))
@@ -191,13 +195,14 @@ def test_projections_for_narrow_students_get_gradients(teacher, tiny_tokenizer):
     assert "intermediate.proj_hidden.weight" in obj.extras_state_dict()
     # no vocabulary term: the head's own parameters are frozen (DDP needs every trainable one used),
     # the decoder weight tied to the word embeddings stays trainable with the embeddings
-    tiny = _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, layers=[1, 3]),
-                      {"hid": 1.0, "emb": 1.0, "att": 1.0})
+    tiny = _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, layers=[1, 3],
+                                             init="random"), {"hid": 1.0, "emb": 1.0, "att": 1.0})
     assert not tiny.student.cls.predictions.transform.dense.weight.requires_grad
     assert tiny.student.cls.predictions.decoder.weight.requires_grad
     assert all(p.requires_grad for p in tiny.student.base_model.parameters())
     with pytest.raises(ValueError, match="L_cos compares last hidden states"):
-        _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2), {"cos": 1.0})
+        _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, init="random"),
+                   {"cos": 1.0})
     with pytest.raises(KeyError, match="unknown loss term"):
         _objective(teacher, StudentConfig(num_layers=2), {"cosine": 1.0})
 

@@ -60,16 +60,13 @@ class DistillationObjective(Objective):
         loss_map = layer_map if cfg.loss_layers is None else resolve_layer_map(
             cfg.loss_layers, layer_map.n_teacher, layer_map.n_student)
         self.intermediate = IntermediateLosses(self.active, s_width, t_width, loss_map)
+        self.intermediate.attach(student, teacher)
         if not self.active & {"ce", "mse_logits", "mlm"}:
             freeze_head(student)  # TinyBERT-style runs train no vocabulary head
-        attn = "eager" if self.intermediate.needs_attentions else "sdpa"
-        for model in (student, teacher):
-            model.set_attn_implementation(attn)
 
     def _encode(self, model: nn.Module, batch: dict[str, torch.Tensor]):
         return model.base_model(**encoder_inputs(batch, model.base_model),
-                                output_hidden_states=self.intermediate.needs_hidden_states,
-                                output_attentions=self.intermediate.needs_attentions)
+                                output_hidden_states=self.intermediate.needs_hidden_states)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -100,9 +100,7 @@ class ElectraObjective(Objective):
                 raise ValueError(f"L_cos needs equal widths (student {s_width}, teacher {t_width}); set b2=0")
             self.intermediate = IntermediateLosses(self.active, s_width, t_width, layer_map)
             self.proj_out = nn.Linear(s_width, t_width) if "out" in self.active and s_width != t_width else None
-            attn = "eager" if self.intermediate.needs_attentions else "sdpa"
-            for model in (student, teacher):
-                model.set_attn_implementation(attn)
+            self.intermediate.attach(student, teacher)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -113,8 +111,7 @@ class ElectraObjective(Objective):
     def _encode(self, model: nn.Module, batch: dict[str, torch.Tensor]):
         want = self.intermediate is not None
         return model.electra(**encoder_inputs(batch, model.electra),
-                             output_hidden_states=want and self.intermediate.needs_hidden_states,
-                             output_attentions=want and self.intermediate.needs_attentions)
+                             output_hidden_states=want and self.intermediate.needs_hidden_states)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}

@@ -153,6 +153,8 @@ def test_objective_terms_match_full_forward_references(teacher, tiny_tokenizer):
     terms = obj(batch)
     am = batch["attention_mask"].bool()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    for model in (teacher, obj.student):  # the reference maps come from HF's eager attention
+        model.set_attn_implementation("eager")
     with torch.no_grad():
         t = teacher(**inputs, output_hidden_states=True, output_attentions=True)
         s = obj.student(**inputs, output_hidden_states=True, output_attentions=True)
@@ -252,3 +254,30 @@ def test_extract_cli(teacher_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bert_kd", "extract", "--teacher", str(tmp_path / "nope"),
                           "--layers", "0,1", "--output", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "cannot load a masked-LM checkpoint" in bad.stderr
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "electra"])
+def test_attention_probe_equals_eager_attention(arch, teacher, tiny_tokenizer, tmp_path):
+    """Maps recomputed from the hooked query/key projections (model on SDPA) = HF eager maps, padding included."""
+    from kd_core.intermediate import AttentionProbe
+    from helpers import tiny_electra
+
+    if arch == "electra":
+        model = tiny_electra(tmp_path, tiny_tokenizer)[0]
+    else:
+        model = build_student(teacher, StudentConfig(arch="same" if arch == "bert" else "distilbert", num_layers=3,
+                                                     layers=[0, 1, 2]))[0]
+    model.eval()
+    batch = _batch(tiny_tokenizer)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    probe = AttentionProbe(model, [0, 2])
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        model(**inputs)
+        maps = {i: probe.probs(i, batch["attention_mask"]) for i in (0, 2)}
+        model.set_attn_implementation("eager")
+        eager = model(**inputs, output_attentions=True).attentions
+    valid = batch["attention_mask"].bool()
+    for i in (0, 2):
+        rows = valid[:, None, :, None].expand_as(maps[i])  # padded query rows are arbitrary in both
+        assert torch.allclose(maps[i][rows], eager[i][rows], atol=1e-6), i

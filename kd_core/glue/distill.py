@@ -60,15 +60,12 @@ class TaskDistillObjective(Objective):
         self.active = {k for k, w in weights.items() if w}
         layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), num_layers(student.config))
         self.intermediate = IntermediateLosses(self.active, width(student), width(teacher), layer_map)
+        self.intermediate.attach(student, teacher)
         if not self.active & {"pred", "hard"}:
             freeze_head(student)  # stage 1 trains no classifier
-        attn = "eager" if self.intermediate.needs_attentions else "sdpa"
-        for model in (student, teacher):
-            model.set_attn_implementation(attn)
 
     def _run(self, model: nn.Module, batch: dict[str, torch.Tensor]):
-        return model(**encoder_inputs(batch, model), output_hidden_states=self.intermediate.needs_hidden_states,
-                     output_attentions=self.intermediate.needs_attentions)
+        return model(**encoder_inputs(batch, model), output_hidden_states=self.intermediate.needs_hidden_states)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -110,9 +107,9 @@ def distill_and_evaluate(student_path: str, teacher_path: str, task: Task, glue_
         objective = TaskDistillObjective(student, teacher, task, weights, dcfg)
         run = train_and_evaluate(objective, weights, tokenizer, task, train_rows, cfg, seed,
                                  Path(output_dir) / name, epochs)
+        objective.intermediate.detach_probes()
         stages[name] = {"weights": weights, "steps": run["steps"],
                         "final": {k: v for k, v in run["summary"].items() if k.startswith("loss/")}}
-    student.set_attn_implementation("sdpa")
     metrics = evaluate(student, tokenizer, task, dev, cfg, run["device"])
     return {"metrics": metrics, "combined": combined_score(task, metrics), "seed": seed, "teacher": teacher_path,
             "distill": dcfg.__dict__, "stages": stages, "train_examples": len(train_rows),

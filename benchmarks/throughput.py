@@ -211,7 +211,7 @@ def run_case(kind: str, seq: int, precision: str, steps: int, tokens_per_step: i
         record("plain HF loop", timed(lambda: plain_electra_step(teacher, student, generator, opt, scaler, batch, dtype),
                                       steps), base + gen_head_all)
         del opt, scaler
-        for label, att in (("ours (att off)", 0.0), ("ours (with L_att: eager attention)", 1.0)):
+        for label, att in (("ours (att off)", 0.0), ("ours (with L_att)", 1.0)):
             teacher, student, generator, layer_map = electra_models()
             cfg = ElectraLossConfig(b1=1.0, b2=1.0, b3=1.0, mse_parts={"emb": 1.0, "out": 1.0, "hid": 1.0, "att": att})
             weights = loss_weights(cfg, True)

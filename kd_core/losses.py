@@ -64,8 +64,9 @@ def attention_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: 
         raise ValueError(f"attention maps differ in shape: student {tuple(student.shape)} vs teacher "
                          f"{tuple(teacher.shape)}; L_att needs the same number of heads and sequence length")
     valid = attention_mask.bool()
-    pair = (valid[:, :, None] & valid[:, None, :])[:, None].expand_as(student)  # (batch, heads, q, k)
-    return F.mse_loss(student.float()[pair], teacher.float()[pair])
+    pair = (valid[:, :, None] & valid[:, None, :])[:, None].float()  # (batch, 1, q, k)
+    # a masked sum, not boolean indexing: no device-to-host sync, no gathered copy of the maps
+    return ((student.float() - teacher.float()) ** 2 * pair).sum() / (pair.sum() * student.shape[1])
 
 
 def binary_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,

@@ -28,8 +28,8 @@ quickstart: $(VENV)/.assets
 test: $(VENV)/.assets
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+bench: $(VENV)/.assets
+	PYTHONPATH=. $(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from bert_kd.objective import DistillationObjective, DistilLossConfig
+from common import make_mlm_batch
 from kd_core.config import load_config
 from kd_core.engine import Engine, TrainConfig
 from kd_core.student import StudentConfig, build_student
@@ -38,17 +39,6 @@ def make_teacher(layers: int, hidden: int, heads: int, vocab: int) -> nn.Module:
     torch.manual_seed(0)
     return BertForMaskedLM(BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                       num_attention_heads=heads, intermediate_size=4 * hidden)).eval()
-
-
-def make_batch(batch: int, seq: int, vocab: int, device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1000, vocab, (batch, seq), generator=g)
-    labels = torch.full_like(ids, -100)
-    masked = torch.rand(batch, seq, generator=g) < 0.15
-    labels[masked] = ids[masked]
-    ids[masked] = 103
-    return {k: v.to(device) for k, v in
-            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}.items()}
 
 
 def plain_loop_step(teacher, student, optimizer, batch, T=2.0):
@@ -97,7 +87,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     teacher = make_teacher(args.teacher_layers, args.hidden, args.heads, args.vocab).to(device)
-    batch = make_batch(args.batch, args.seq, args.vocab, device)
+    batch = make_mlm_batch(args.batch, args.seq, args.vocab, device, seed=1)
     tokens = args.batch * args.seq
     student_cfg = StudentConfig(num_layers=args.student_layers, layers="every_other")
 

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import (BertConfig, BertForMaskedLM, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining)
 
 from bert_kd.objective import DistillationObjective, DistilLossConfig
+from common import make_mlm_batch
 from electra_kd.objective import ElectraLossConfig, ElectraObjective, loss_weights
 from kd_core.config import load_config
 from kd_core.engine import Engine, TrainConfig
@@ -50,16 +51,6 @@ def encoder_flops(n_params: int, layers: int, seq: int, d: int, tokens: int, tra
     return mult * (2 * n_params * tokens + 4 * layers * seq * d * tokens)
 
 
-def make_batch(batch: int, seq: int, device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, VOCAB, (batch, seq), generator=g)
-    labels = torch.full_like(ids, -100)
-    masked = torch.rand(batch, seq, generator=g) < 0.15
-    labels[masked] = ids[masked]
-    ids[masked] = 103
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
-
-
 def timed(fn, steps: int) -> list[float]:
     for _ in range(3):
         fn()
@@ -75,6 +66,15 @@ def timed(fn, steps: int) -> list[float]:
 
 
 # ---- the plain loops -------------------------------------------------------------------------------------
+def backward_and_step(loss, student, opt, scaler) -> None:
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
 def plain_bert_step(teacher, student, opt, scaler, batch, dtype, T=2.0):
     with torch.autocast("cuda", dtype=dtype):
         with torch.no_grad():
@@ -85,12 +85,7 @@ def plain_bert_step(teacher, student, opt, scaler, batch, dtype, T=2.0):
         h_s, h_t = s.hidden_states[-1].flatten(0, 1), t.hidden_states[-1].flatten(0, 1)
         cos = nn.CosineEmbeddingLoss()(h_s, h_t, torch.ones(len(h_s), device=h_s.device))
         loss = 5 * ce + 2 * s.loss + cos
-    scaler.scale(loss).backward()
-    scaler.unscale_(opt)
-    nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
+    backward_and_step(loss, student, opt, scaler)
 
 
 def plain_electra_step(teacher, student, generator, opt, scaler, batch, dtype, T=2.0):
@@ -111,12 +106,7 @@ def plain_electra_step(teacher, student, generator, opt, scaler, batch, dtype, T
         p_t = torch.sigmoid(t.logits.float() / T)
         kl = nn.functional.binary_cross_entropy_with_logits(s.logits.float() / T, p_t) * T * T
         loss = s.loss + mse + emb + cos + kl
-    scaler.scale(loss).backward()
-    scaler.unscale_(opt)
-    nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
+    backward_and_step(loss, student, opt, scaler)
 
 
 # ---- cases -------------------------------------------------------------------------------------------------
@@ -153,7 +143,7 @@ def run_case(kind: str, seq: int, precision: str, steps: int, tokens_per_step: i
     device = torch.device("cuda")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     batch_size = max(tokens_per_step // seq, 1)
-    batch = make_batch(batch_size, seq, device)
+    batch = make_mlm_batch(batch_size, seq, VOCAB, device)
     tokens = batch_size * seq
     n_masked = int((batch["labels"] != -100).sum())
     rows = []

@@ -19,3 +19,16 @@ def test_config_parses(path):
     cfg = load_config(cls, path)
     if isinstance(cfg, DistilConfig) and cfg.teacher == "bert-base-uncased":
         resolve_layer_map(cfg.student.layers, 12, cfg.student.num_layers)  # presets fit a 12-layer BERT
+
+
+def test_distilbert_table3_smoke(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import distilbert_table3
+
+    out = tmp_path / "t3.md"
+    assert distilbert_table3.main(["--scale", "smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| tiny student (1 layer) |" in text and "DistilBERT (paper, quoted) | 66 | 410" in text
+    assert '"pairs": 20' in text

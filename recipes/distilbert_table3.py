@@ -1,0 +1,135 @@
+"""DistilBERT Table 3, size and speed: parameters and the CPU time of a full pass over the STS-B dev set
+at batch size 1, teacher vs students, next to the paper's quoted rows.
+
+python recipes/distilbert_table3.py --scale smoke|small|paper [--models DIR_OR_NAME ...] [--glue-dir DIR]
+                                    [--limit N] [--out results/distilbert_table3.md]
+
+paper: bert-base-uncased and distilbert-base-uncased by hub name (internet needed).
+small: all-MiniLM-L6-v2 (6 layers) and students built from it by bert_kd's student construction
+       (3 layers, same architecture and DistilBERT-shaped); speed depends on shape, not on training.
+smoke: a tiny random BERT and its 1-layer student on 20 pairs (for the tests).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM  # noqa: E402
+
+from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.glue.data import read_tsv  # noqa: E402
+from kd_core.glue.grid import provenance  # noqa: E402
+from kd_core.glue.tasks import get_task  # noqa: E402
+from kd_core.student import StudentConfig, build_student, load_masked_lm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUOTED = [("ELMo (paper, quoted)", 180, 895), ("BERT-base (paper, quoted)", 110, 668),
+          ("DistilBERT (paper, quoted)", 66, 410)]
+
+
+def small_models(workdir: Path) -> list[tuple[str, str]]:
+    from kd_core.assets import minilm_dir
+
+    teacher_dir = minilm_dir()
+    teacher = load_masked_lm(str(teacher_dir))  # encoder + a fresh MLM head; only the encoder is timed
+    out = [("all-MiniLM-L6-v2 (6 layers)", str(teacher_dir))]
+    for arch in ("same", "distilbert"):
+        student, _, _ = build_student(teacher, StudentConfig(arch=arch, num_layers=3, layers="every_other"))
+        path = workdir / f"student-3-{arch}"
+        student.save_pretrained(path)
+        AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(path)
+        out.append((f"3-layer student ({'BERT' if arch == 'same' else 'DistilBERT'}-shaped)", str(path)))
+    return out
+
+
+def smoke_models(workdir: Path) -> list[tuple[str, str]]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_tokenizer
+
+    tokenizer = make_tokenizer(workdir / "tokenizer")
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64))
+    out = []
+    for name, model in (("tiny teacher (2 layers)", teacher),
+                        ("tiny student (1 layer)", build_student(teacher, StudentConfig(num_layers=1, layers=[1]))[0])):
+        path = workdir / name.split()[1]
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        out.append((name, str(path)))
+    return out
+
+
+def stsb_pairs(glue_dir: str | None, limit: int) -> list[tuple[str, str]]:
+    if glue_dir and (Path(glue_dir) / "STS-B" / "dev.tsv").is_file():
+        pairs = [(e.text_a, e.text_b) for e in read_tsv(get_task("stsb"), glue_dir, "dev")]
+    else:
+        pairs = [("the king saw the whale", "the old man saw the sea")] * 20
+    return pairs[:limit] if limit else pairs
+
+
+@torch.inference_mode()
+def time_full_pass(path: str, pairs: list[tuple[str, str]]) -> dict:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    encoded = [tokenizer(a, b, return_tensors="pt", truncation=True, max_length=128) for a, b in pairs]
+    for batch in encoded[:5]:  # warm-up
+        model(**batch)
+    t0 = time.perf_counter()
+    for batch in encoded:
+        model(**batch)
+    seconds = time.perf_counter() - t0
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "seconds": seconds,
+            "ms_per_pair": 1000 * seconds / len(encoded)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=["smoke", "small", "paper"], default="small")
+    parser.add_argument("--models", nargs="*", help="model directories or hub names (override the scale's)")
+    parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
+    parser.add_argument("--limit", type=int, default=0, help="time only the first N pairs (0: all 1,500)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "distilbert_table3.md"))
+    args = parser.parse_args(argv)
+    limit = args.limit or (20 if args.scale == "smoke" else 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.models:
+            models = [(Path(m).name or m, m) for m in args.models]
+        elif args.scale == "paper":
+            models = [("BERT-base", "bert-base-uncased"), ("DistilBERT", "distilbert-base-uncased")]
+        elif args.scale == "small":
+            models = small_models(Path(tmp))
+        else:
+            models = smoke_models(Path(tmp))
+        pairs = stsb_pairs(args.glue_dir, limit)
+        rows = [(label, time_full_pass(path, pairs)) for label, path in models]
+    base = rows[0][1]["seconds"]
+    lines = ["| model | # param. (millions) | inference time (s) | ms per pair | speed vs first row |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {label} | {r['params_m']:.2f} | {r['seconds']:.1f} | {r['ms_per_pair']:.2f} | {base / r['seconds']:.2f}x |"
+              for label, r in rows]
+    lines += [f"| {label} | {params} | {seconds} | – | – |" for label, params, seconds in QUOTED]
+    prov = provenance("python recipes/distilbert_table3.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    prov.update(threads=torch.get_num_threads(), torch=torch.__version__, pairs=len(pairs),
+                processor=platform.processor() or platform.machine())
+    text = (f"# DistilBERT Table 3 at {args.scale} scale: size and CPU speed (STS-B dev, batch size 1)\n\n"
+            + "\n".join(lines) + "\n\nEncoders only (no task head), fp32, `torch.inference_mode`, inputs tokenized "
+            "beforehand (max length 128), 5 warm-up pairs not timed. The quoted rows are the paper's (Sanh et "
+            "al. 2019, Table 3), on their CPU: compare ratios, not seconds.\n\nProvenance: " + json.dumps(prov) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

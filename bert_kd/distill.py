@@ -50,7 +50,7 @@ def run(cfg: DistilConfig, output_dir: str, resume: bool = False) -> dict[str, f
     valid_rows = open_corpus(cfg.data.corpus, tokenizer, "valid")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "student_init.json").write_text(json.dumps(report, indent=1))
-    collate = MaskingCollator.from_tokenizer(cfg.masking, tokenizer)
+    collate = MaskingCollator.for_corpus(cfg.masking, tokenizer, cfg.data.corpus)
     engine = Engine(cfg.train, objective, cfg.loss_weights, train_rows, collate, output_dir, cfg,
                     tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
     return engine.fit()

@@ -88,7 +88,7 @@ def run(cfg: ElectraRunConfig, output_dir: str, resume: bool = False) -> dict[st
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "student_init.json").write_text(json.dumps({k: v for k, v in report.items() if k != "copied"}, indent=1))
-    collate = MaskingCollator.from_tokenizer(cfg.masking, tokenizer)
+    collate = MaskingCollator.for_corpus(cfg.masking, tokenizer, cfg.data.corpus)
     engine = Engine(cfg.train, objective, weights, train_rows, collate, out, cfg, tokenizer=tokenizer,
                     eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
     summary = engine.fit()

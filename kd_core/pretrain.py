@@ -95,7 +95,7 @@ def run(cfg: PretrainConfig, output_dir: str, resume: bool = False) -> dict[str,
     train_rows = open_corpus(cfg.data.corpus, tokenizer, "train")
     valid_rows = open_corpus(cfg.data.corpus, tokenizer, "valid")
     model = build_model(cfg, tokenizer, stats["max_len"])
-    collate = MaskingCollator.from_tokenizer(cfg.masking, tokenizer)
+    collate = MaskingCollator.for_corpus(cfg.masking, tokenizer, cfg.data.corpus)
     engine = Engine(cfg.train, MaskedLMObjective(model), cfg.loss_weights, train_rows, collate, output_dir,
                     cfg, tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
     return engine.fit()

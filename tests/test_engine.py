@@ -317,3 +317,11 @@ def test_engines_with_different_precisions_in_one_process(tiny_corpus, tmp_path)
     pretrain.run(tiny_pretrain_config(tiny_corpus, mixed_precision="bf16", max_steps=2), str(tmp_path / "a"))
     pretrain.run(tiny_pretrain_config(tiny_corpus, mixed_precision="no", max_steps=2), str(tmp_path / "b"))
     assert (tmp_path / "b" / "final" / "model.safetensors").is_file()
+
+
+def test_smoothed_masking_runs_from_the_corpus_counts(tiny_corpus, tmp_path):
+    """masking.smoothing reads the prepared corpus's token counts (no extra file to pass)."""
+    cfg = tiny_pretrain_config(tiny_corpus, max_steps=2)
+    cfg.masking.smoothing = 0.7
+    pretrain.run(cfg, str(tmp_path / "run"))
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["loss/mlm"] > 0

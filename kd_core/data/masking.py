@@ -13,6 +13,7 @@ Each selected token becomes [MASK], a random non-special token, or stays, with p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,6 +64,12 @@ class MaskingCollator:
                 raise ValueError("masking.smoothing > 0 needs token counts (stats of the prepared corpus)")
             self.unit_weight = torch.from_numpy(np.maximum(token_counts[:vocab], 1).astype(np.float64)
                                                 ** -cfg.smoothing)
+
+    @classmethod
+    def for_corpus(cls, cfg: MaskingConfig, tokenizer, corpus_dir: str | Path):
+        """The collator for a prepared corpus: smoothing uses the corpus's own token counts."""
+        counts = np.load(Path(corpus_dir) / "token_counts.npy") if cfg.smoothing > 0 else None
+        return cls.from_tokenizer(cfg, tokenizer, counts)
 
     @classmethod
     def from_tokenizer(cls, cfg: MaskingConfig, tokenizer, token_counts: np.ndarray | None = None):

@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from .checkpoint import (STATE_FILE, atomic_dir, atomic_write_text, commit_dir, newest_checkpoint,
                          prune_checkpoints, read_state, rng_state, seed_everything, set_rng_state)
-from .config import dump_config, to_dict
+from .config import dump_config, flatten, to_dict, yaml_load
 from .metrics_log import MetricsLog
 from .objective import Objective, weighted_total
 from .optim import build_optimizer, build_scheduler, warmup_steps
@@ -410,6 +410,7 @@ class Engine:
     def load_checkpoint(self, path: Path) -> None:
         acc = self.accelerator
         state = read_state(path)
+        self._check_same_config(path)
         student = self.objective.student
         saved = type(student).from_pretrained(path / "student", dtype=torch.float32)
         student.load_state_dict(saved.state_dict())
@@ -435,6 +436,16 @@ class Engine:
         self.counts.update({k: state[k] for k in self.counts if k in state})
         if acc.is_main_process:
             print(f"resumed from {path} at step {self.step_count}")
+
+    def _check_same_config(self, path: Path) -> None:
+        """Resuming under a different config would silently mix two runs; only a longer run is allowed."""
+        saved = flatten(yaml_load((path / "config.yaml").read_text()))
+        current = flatten(to_dict(self.run_config))
+        differ = sorted(k for k in saved.keys() | current.keys()
+                        if saved.get(k) != current.get(k) and not k.endswith("max_steps"))
+        if differ:
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {differ} ({path / 'config.yaml'}); "
+                             "resume with the saved config (only train.max_steps may change) or use a new --output-dir")
 
     def save_final(self) -> Path:
         """`final/`: the student in HF format with its tokenizer, loadable by from_pretrained."""

@@ -325,3 +325,12 @@ def test_smoothed_masking_runs_from_the_corpus_counts(tiny_corpus, tmp_path):
     cfg.masking.smoothing = 0.7
     pretrain.run(cfg, str(tmp_path / "run"))
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["loss/mlm"] > 0
+
+
+def test_resume_refuses_a_different_config(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    pretrain.run(tiny_pretrain_config(tiny_corpus, max_steps=4, save_every=2), str(out))
+    with pytest.raises(ValueError, match=r"config differs from the checkpoint's in \['train.lr'\]"):
+        pretrain.run(tiny_pretrain_config(tiny_corpus, max_steps=8, save_every=2, lr=5e-4), str(out), resume=True)
+    pretrain.run(tiny_pretrain_config(tiny_corpus, max_steps=8, save_every=2), str(out), resume=True)  # longer: fine
+    assert json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["step"] == 8

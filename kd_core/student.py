@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from .layer_map import LayerMap, resolve_layer_map
 

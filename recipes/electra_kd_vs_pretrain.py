@@ -5,7 +5,7 @@ fine-tuned on GLUE tasks. Writes a Markdown + JSON table.
 python recipes/electra_kd_vs_pretrain.py --teacher-run DIR --corpus DIR --glue-dir DIR --output DIR
     [--steps 300] [--b 1,1,1] [--tasks rte,mrpc,stsb] [--seeds 3] [--set section.key=value ...]
 
---teacher-run is the output of recipes/electra_teacher.py (final/ = discriminator, generator/).
+--teacher-run is the output of `recipes/teachers.py electra` (final/ = discriminator, generator/).
 """
 from __future__ import annotations
 

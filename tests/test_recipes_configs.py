@@ -32,3 +32,29 @@ def test_distilbert_table3_smoke(tmp_path):
     text = out.read_text()
     assert "| tiny student (1 layer) |" in text and "DistilBERT (paper, quoted) | 66 | 410" in text
     assert '"pairs": 20' in text
+
+
+def test_teachers_recipe_builds_once_and_caches(tmp_path, tiny_tokenizer, tiny_corpus, monkeypatch):
+    import sys
+
+    from helpers import tiny_bert_teacher
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import teachers
+
+    monkeypatch.setenv("ELECTRA_KD_CACHE", str(tmp_path / "cache"))
+    encoder = tmp_path / "encoder"
+    tiny_bert_teacher(encoder, tiny_tokenizer, layers=2)
+    small = ["train.batch_size=8", "train.micro_batch_size=8", "train.eval_batches=1"]
+    mlm = teachers.build_teacher("mlm", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)
+    assert mlm.parent == tmp_path / "cache" / "teachers" and (mlm / "final" / "config.json").is_file()
+    stamp = (mlm / "final" / "model.safetensors").stat().st_mtime_ns
+    again = teachers.build_teacher("mlm", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)
+    assert again == mlm and (mlm / "final" / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    longer = teachers.build_teacher("mlm", str(tiny_corpus), steps=3, overrides=small, encoder=encoder)
+    assert longer != mlm  # another input, another teacher
+    electra = teachers.build_teacher("electra", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    assert ElectraForPreTraining.from_pretrained(electra / "final").config.num_hidden_layers == 2
+    assert ElectraForMaskedLM.from_pretrained(electra / "generator").config.hidden_size == 8

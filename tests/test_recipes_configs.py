@@ -58,3 +58,28 @@ def test_teachers_recipe_builds_once_and_caches(tmp_path, tiny_tokenizer, tiny_c
 
     assert ElectraForPreTraining.from_pretrained(electra / "final").config.num_hidden_layers == 2
     assert ElectraForMaskedLM.from_pretrained(electra / "generator").config.hidden_size == 8
+
+
+def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
+    """`SMOKE=1 make quickstart`: the whole main job in about a minute (teachers, students, fine-tuning, table)."""
+    import sys
+
+    from conftest import needs_shared_data
+
+    needs_shared_data("glue", "SST-2")
+    needs_shared_data("corpus")
+    from kd_core.assets import minilm_dir
+
+    try:
+        minilm_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    monkeypatch.setenv("ELECTRA_KD_CACHE", str(tmp_path / "cache"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import quickstart
+
+    assert quickstart.main(["--smoke", "--output-dir", str(tmp_path / "qs")]) == 0
+    table = (tmp_path / "qs" / "quickstart.md").read_text()
+    for row in ("MLM teacher (6 layers)", "BERT student (3 layers)", "ELECTRA teacher (6 layers)", "ELECTRA student (3 layers)"):
+        assert f"| {row} |" in table
+    assert "tensorboard --logdir" in table

@@ -1,0 +1,149 @@
+"""The main job, offline on a CPU: real English teachers, distilled 3-layer BERT and ELECTRA students,
+all fine-tuned on a labelled task, one table.
+
+python recipes/quickstart.py [--output-dir runs/quickstart] [--smoke] [--results results/quickstart.md]
+
+1. text: ../shared/data/corpus when present, else the vaderSentiment 3.3.2 snippets (PyPI, sha256-checked);
+   prepared with the all-MiniLM-L6-v2 tokenizer;
+2. teachers (recipes/teachers.py, cached): an MLM teacher and an ELECTRA teacher from all-MiniLM-L6-v2;
+3. students: 3 layers each (teacher layers 0,2,4): DistilBERT objective (5 L_ce + 2 L_mlm + L_cos) and
+   ELECTRA distillation (L_ce + L_mse + L_cos + L_kl) with the teacher's frozen generator;
+4. task: movie-review sentiment (Pang & Lee snippets from vaderSentiment, score > 0 = positive), or SST-2
+   from ../shared/data/glue in --smoke; every model fine-tuned through the GLUE harness;
+5. table: parameters, CPU batch-1 latency, dev accuracy, accuracy retained vs its teacher, wall times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bert_kd.distill import DistilConfig, run as run_bert_kd  # noqa: E402
+from distilbert_table3 import time_full_pass  # noqa: E402
+from electra_kd.distill import ElectraRunConfig, run as run_electra_kd  # noqa: E402
+from kd_core.assets import fetch_vader, minilm_dir, vader_text_file  # noqa: E402
+from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.config import load_config  # noqa: E402
+from kd_core.data import PrepareConfig, prepare  # noqa: E402
+from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
+from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402
+from kd_core.glue.tasks import get_task  # noqa: E402
+from teachers import build_teacher  # noqa: E402
+
+SHARED = HERE.parents[1] / "shared" / "data"
+
+
+def movie_review_task(out: Path) -> tuple[Path, str]:
+    """vaderSentiment's movie-review snippets as an SST-2-shaped binary task (85/15 split, seed 0)."""
+    rows = []
+    for line in (fetch_vader() / "movie_reviews.tsv").read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and float(parts[1]) != 0:
+            rows.append(f"{parts[2].strip()}\t{int(float(parts[1]) > 0)}")
+    random.Random(0).shuffle(rows)
+    cut = int(0.85 * len(rows))
+    for split, part in (("train", rows[:cut]), ("dev", rows[cut:])):
+        (out / "SST-2").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "SST-2" / f"{split}.tsv", "sentence\tlabel\n" + "\n".join(part) + "\n")
+    return out, f"movie-review sentiment ({cut} train / {len(rows) - cut} dev snippets, vaderSentiment 3.3.2)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="runs/quickstart")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--results", help="where the table goes (default: results/quickstart.md, or the run dir in smoke)")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    out = Path(args.output_dir)
+    smoke = args.smoke
+    steps = 4 if smoke else 120
+    walls: dict[str, float] = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        walls[name] = time.perf_counter() - t0
+        return value
+
+    print("[1/5] corpus", flush=True)
+    if (SHARED / "corpus").is_dir():
+        inputs, fmt, text_source = [str(SHARED / "corpus")], "auto", "WikiText-2 raw + Gutenberg (../shared/data)"
+    else:
+        inputs, fmt, text_source = [str(vader_text_file())], "lines", "vaderSentiment 3.3.2 snippets (PyPI)"
+    corpus = out / "corpus"
+    prepare(PrepareConfig(tokenizer=str(minilm_dir()), inputs=inputs, text_format=fmt, output=str(corpus),
+                          max_len=64, overwrite=True))
+
+    print("[2/5] teachers (cached after the first run)", flush=True)
+    batch = ["train.batch_size=16", "train.micro_batch_size=16", "train.eval_batches=2"]
+    mlm_teacher = timed("MLM teacher adaptation", lambda: build_teacher("mlm", str(corpus), steps, batch))
+    electra_teacher = timed("ELECTRA teacher adaptation", lambda: build_teacher("electra", str(corpus), steps, batch))
+
+    print("[3/5] students", flush=True)
+    common = [f"data.corpus={corpus}", "student.num_layers=3", "student.layers=every_other",
+              f"train.max_steps={steps}", "train.lr=2e-4", "train.warmup_ratio=0.1", "train.log_every=10",
+              "train.eval_every=0", *batch]
+    bert_dir, electra_dir = out / "bert_student", out / "electra_student"
+    timed("BERT student distillation", lambda: run_bert_kd(load_config(DistilConfig, overrides=[
+        f"teacher={mlm_teacher / 'final'}", "loss.restrict_ce_to_mask=true", *common]), str(bert_dir), resume=True))
+    timed("ELECTRA student distillation", lambda: run_electra_kd(load_config(ElectraRunConfig, overrides=[
+        f"teacher={electra_teacher / 'final'}", f"generator.path={electra_teacher / 'generator'}", *common]),
+        str(electra_dir), resume=True))
+
+    print("[4/5] fine-tuning on the labelled task", flush=True)
+    if smoke and (SHARED / "glue" / "SST-2").is_dir():
+        glue_dir, task_source = str(SHARED / "glue"), "SST-2 (../shared/data/glue; smoke: 64 training sentences)"
+    else:
+        task_dir, task_source = movie_review_task(out / "task")
+        glue_dir = str(task_dir)
+    finetune = FinetuneConfig(epochs=1.0, max_len=64, max_train_examples=64 if smoke else 0)
+    grid = GridConfig(lrs=[1e-4], batch_sizes=[32], seeds=1, finetune=finetune)
+    models = [("MLM teacher (6 layers)", mlm_teacher / "final", None),
+              ("BERT student (3 layers)", bert_dir / "final", "MLM teacher (6 layers)"),
+              ("ELECTRA teacher (6 layers)", electra_teacher / "final", None),
+              ("ELECTRA student (3 layers)", electra_dir / "final", "ELECTRA teacher (6 layers)")]
+    rows = {}
+    for label, path, teacher in models:
+        result = timed(f"fine-tune {label}", lambda: run_grid(str(path), [get_task("sst2")], glue_dir, grid,
+                                                             out / "glue" / path.parent.name, label=label))
+        rows[label] = {"accuracy": result["tasks"]["sst2"]["metrics"]["accuracy"]["median"], "teacher": teacher,
+                       "path": str(path)}
+
+    print("[5/5] size and CPU batch-1 latency", flush=True)
+    dev = [(line.split("\t")[0], None) for line in
+           (Path(glue_dir) / "SST-2" / "dev.tsv").read_text().splitlines()[1:][: (20 if smoke else 200)]]
+    for label, row in rows.items():
+        speed = time_full_pass(row["path"], dev, repeats=1)
+        row.update(params_m=speed["params_m"], latency_ms=speed["ms_per_pair"])
+
+    lines = ["| model | parameters (M) | CPU batch-1 latency (ms) | dev accuracy | retained vs teacher |",
+             "|---|---|---|---|---|"]
+    for label, row in rows.items():
+        retained = f"{100 * row['accuracy'] / rows[row['teacher']]['accuracy']:.1f}%" if row["teacher"] else "–"
+        lines.append(f"| {label} | {row['params_m']:.1f} | {row['latency_ms']:.2f} | {row['accuracy']:.1f} | {retained} |")
+    total = time.perf_counter() - t_start
+    prov = provenance("python recipes/quickstart.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    text = "\n".join([
+        f"# Quickstart: distilled BERT and ELECTRA students vs their teachers{' (SMOKE)' if smoke else ''}", "",
+        *lines, "",
+        f"Distillation text: {text_source}; task: {task_source}; {steps} steps for each teacher adaptation and each "
+        "student (batch 16 x 64 tokens); fine-tuning 1 epoch, lr 1e-4, batch 32, seed 0.",
+        "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f}.",
+        f"Inspect the losses: tensorboard --logdir {out}",
+        "", "Provenance: " + json.dumps(prov), ""])
+    target = Path(args.results) if args.results else (out / "quickstart.md" if smoke else HERE.parent / "results" / "quickstart.md")
+    atomic_write_text(target, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

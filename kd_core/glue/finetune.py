@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ..checkpoint import seed_everything
+from ..checkpoint import atomic_dir, commit_dir, seed_everything
 from ..config import load_config
 from ..data import pad_rows
 from ..engine import Engine, TrainConfig
@@ -36,6 +36,7 @@ class FinetuneConfig:
     group_by_length: bool = True
     max_train_examples: int = 0  # 0: all (a subset keeps SST-2 inside a CPU budget)
     eval_batch_size: int = 128
+    save_model: bool = False  # keep the fine-tuned model in <run>/model (a teacher for task distillation)
     train: dict = field(default_factory=dict)  # any other TrainConfig key, e.g. {max_grad_norm: 1.0}
 
 
@@ -165,6 +166,11 @@ def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg
     run = train_and_evaluate(ClassificationObjective(model, task.is_regression), {"task": 1.0}, tokenizer, task,
                              train_rows, cfg, seed, output_dir)
     metrics = evaluate(model, tokenizer, task, dev, cfg, run["device"])
+    if cfg.save_model:
+        tmp = atomic_dir(Path(output_dir) / "model")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        commit_dir(tmp, Path(output_dir) / "model")
     return {"metrics": metrics, "combined": combined_score(task, metrics), "seed": seed,
             "train_examples": len(train_rows), "steps": run["steps"],
             "final_train_loss": run["summary"].get("loss/task"), "wall_s": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,100 @@
+"""HerBERT report, scenarios S0-S5: how a half-depth student starts (random or truncated from the teacher's
+layers), how it is trained (not at all, MLM only, DistilBERT's distillation), and from which teacher (T0 as
+published, or T1 = T0 adapted further on the distillation corpus); every model fine-tuned on GLUE.
+
+python recipes/herbert_scenarios.py --scale smoke|small|paper [--output-dir runs/herbert] [--teacher NAME_OR_DIR]
+                                    [--glue-dir DIR] [--corpus DIR] [--tasks ...] [--results results/herbert_scenarios.md]
+
+paper: T0 = bert-base-uncased (pass --teacher allegro/herbert-base-cased with a Polish corpus for the report's
+       setting; our harness fine-tunes on GLUE, not KLEJ), a 6-layer student, recipes/configs/distilbert.yaml's
+       budget; T1 = T0 after that many more MLM steps on the corpus (recipes/teachers.py mlm).
+small/smoke: T0 = the offline MLM teacher (6 layers), 3-layer students (teacher layers 0,2,4), the scale's budget.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from scales import ROOT, SCALES, distil_once, evaluate_on_glue, setup, write_table  # noqa: E402
+from teachers import build_teacher  # noqa: E402
+
+from bert_kd.distill import DistilConfig, build, run  # noqa: E402
+from kd_core.checkpoint import atomic_dir, commit_dir  # noqa: E402
+from kd_core.config import load_config  # noqa: E402
+
+MLM_ONLY = ["loss_weights={ce: 0.0, mlm: 1.0, cos: 0.0}"]
+# name, init, training (None: none), teacher; the report's Table 1
+SCENARIOS = [("S0", "random", None, "T0"), ("S1", "random", "mlm", "T0"), ("S2", "teacher", None, "T0"),
+             ("S3", "teacher", "mlm", "T0"), ("S4", "teacher", "distil", "T0"), ("S5", "teacher", "distil", "T1")]
+QUOTED = {"S0": (80.22, 55.84, 47.55), "S1": None, "S2": (86.58, 74.9, 90.21), "S3": None,
+          "S4": (90.04, 75.3, 90.88), "S5": (90.32, 75.51, 90.52), "T0": (89.9, 79.35, 92.68),
+          "T1": (89.9, 77.33, 93.1)}
+
+
+def save_untrained(cfg: DistilConfig, path: Path) -> None:
+    """The student as built (random or truncated), saved like a trained one: S0 and S2 are fine-tuned as is."""
+    if (path / "final" / "config.json").is_file():
+        return
+    objective, tokenizer, _ = build(cfg)
+    tmp = atomic_dir(path / "final")
+    objective.student.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    commit_dir(tmp, path / "final")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=SCALES, default="small")
+    parser.add_argument("--output-dir", default="runs/herbert")
+    parser.add_argument("--teacher", help="T0 (default: the scale's MLM teacher)")
+    parser.add_argument("--glue-dir")
+    parser.add_argument("--corpus")
+    parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
+    parser.add_argument("--results", help="default: results/herbert_scenarios.md (smoke: inside the output dir)")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    out = Path(args.output_dir)
+    s = setup(args.scale, out, args.glue_dir, args.corpus, args.tasks.split(",") if args.tasks else None)
+    teacher0 = args.teacher or s.mlm_teacher
+    common = [f"data.corpus={s.corpus}", "student.arch=same", "student.layers=every_other"]
+    if s.scale != "paper":
+        common += ["student.num_layers=3", *s.student_train, *s.bert_kd]
+    config = HERE / "configs" / "distilbert.yaml"
+    t1_steps = next((int(o.split("=")[1]) for o in s.student_train if o.startswith("train.max_steps=")), 20000)
+    teacher1 = build_teacher("mlm", s.corpus, t1_steps, [o for o in common if o.startswith("train.")],
+                             output=out / "T1", encoder=teacher0)
+    teachers = {"T0": teacher0, "T1": str(teacher1 / "final")}
+    results = []
+    for name, init, training, teacher in SCENARIOS:
+        overrides = [*common, f"teacher={teachers[teacher]}", f"student.init={init}"]
+        label = f"{name}: {'random' if init == 'random' else 'truncated'} init, " + {
+            None: "no pretraining", "mlm": "MLM only", "distil": f"distilled from {teacher}"}[training]
+        if training is None:
+            save_untrained(load_config(DistilConfig, config, overrides), out / name)
+        else:
+            distil_once(DistilConfig, run, config, overrides + (MLM_ONLY if training == "mlm" else []), out / name)
+        results.append(evaluate_on_glue(str(out / name / "final"), s, out / name, label))
+    for name, path in teachers.items():
+        results.append(evaluate_on_glue(path, s, out / f"{name}_glue", f"{name}: teacher"
+                                        + (" adapted further on the corpus" if name == "T1" else "")))
+    quoted = ["| scenario | PolEmo2.0-IN | PolEmo2.0-OUT | NKJP-NER |", "|---|---|---|---|"]
+    quoted += [f"| {name} | " + (" | ".join(f"{v:.2f}" for v in row) if row else "X (not reported) | X | X") + " |"
+               for name, row in QUOTED.items()]
+    notes = ["The report's Table 2 (quoted; HerBERT-base teacher, KLEJ accuracy, max over 20 epochs), for the "
+             "ordering only (different language, tasks and scale):", "", *quoted, "",
+             f"T1 = T0 after {t1_steps} more MLM steps on the distillation corpus "
+             "(recipes/teachers.py mlm with T0 as the encoder)."]
+    target = Path(args.results) if args.results else (
+        out / "herbert_scenarios.md" if s.scale == "smoke" else ROOT / "results" / "herbert_scenarios.md")
+    print(write_table(target, f"HerBERT scenarios S0-S5 at {s.scale} scale", results, [], notes, s,
+                      sys.argv[1:] if argv is None else argv, "herbert_scenarios.py", t0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

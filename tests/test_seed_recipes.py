@@ -1,0 +1,117 @@
+"""Every seed-table recipe end to end at smoke scale (tiny random teachers, generated corpus and tasks), and the
+paper scale's run configs assembled without running them."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+sys.path.insert(0, str(RECIPES))
+
+
+def keys_logged(run_dir: Path) -> set[str]:
+    return {k for line in (run_dir / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+
+
+def test_greek_table1_smoke(tmp_path):
+    import greek_table1
+
+    assert greek_table1.main(["--scale", "smoke", "--output-dir", str(tmp_path)]) == 0
+    table = (tmp_path / "greek_table1.md").read_text()
+    for row in ("DistilBERT (1,3,4,6): ours, init [0, 2]", "BERT (1,5,8,12): ours, init [0, 5]",
+                "BERT (Att-MSE): ours, init [0, 5]", "teacher (6 layers)", "BERT (Att-MSE) (report, quoted)"):
+        assert f"| {row} |" in table
+    assert "| 37.3 |" in table  # the quoted DistilBERT CoLA MCC
+    donor = json.loads((tmp_path / "greek_distilbert_init" / "student_init.json").read_text())
+    assert donor["init"] == "checkpoint" and donor["layers"] == [0, 2]
+    assert json.loads((tmp_path / "greek_cos" / "student_init.json").read_text())["layers"] == [0, 5]
+    att = keys_logged(tmp_path / "greek_att")
+    assert "loss/att" in att and "loss/cos" not in att
+    assert "loss/cos" in keys_logged(tmp_path / "greek_cos")
+    assert "Ordering by macro" in table and '"scale": "smoke"' in table
+
+
+def test_greek_table1_paper_scale_assembles_the_report_configs(tmp_path, capsys):
+    import greek_table1
+
+    assert greek_table1.main(["--scale", "paper", "--corpus", str(tmp_path / "wt103"), "--output-dir",
+                              str(tmp_path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("== ") == 3 and "greek_distilbert_init.yaml" in printed
+    from kd_core.config import load_config
+
+    from bert_kd.distill import DistilConfig
+
+    cfg = load_config(DistilConfig, RECIPES / "configs" / "greek_distilbert_init.yaml")
+    assert cfg.student.init_checkpoint == "distilbert-base-uncased" and cfg.student.init_layers == [0, 2, 3, 5]
+    with pytest.raises(ValueError, match="needs --corpus"):
+        greek_table1.main(["--scale", "paper", "--output-dir", str(tmp_path), "--dry-run"])
+
+
+def test_distilbert_table4_smoke(tmp_path):
+    import distilbert_table4
+
+    assert distilbert_table4.main(["--scale", "smoke", "--output-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "distilbert_table4.md").read_text()
+    assert "| ∅ - L_cos - L_mlm (no L_ce) |" in text and "| -3.69 |" in text
+    assert "loss/ce" not in keys_logged(tmp_path / "no_ce") and "loss/ce" in keys_logged(tmp_path / "triple")
+    assert "loss/cos" not in keys_logged(tmp_path / "no_cos") and "loss/mlm" not in keys_logged(tmp_path / "no_mlm")
+    assert json.loads((tmp_path / "random_init" / "student_init.json").read_text())["init"] == "random"
+
+
+def test_herbert_scenarios_smoke(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    import herbert_scenarios
+
+    assert herbert_scenarios.main(["--scale", "smoke", "--output-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "herbert_scenarios.md").read_text()
+    for row in ("S0: random init, no pretraining", "S3: truncated init, MLM only", "S5: truncated init, distilled from T1",
+                "T1: teacher adapted further on the corpus"):
+        assert f"| {row} |" in text
+    assert not (tmp_path / "S0" / "metrics.jsonl").exists() and (tmp_path / "S0" / "final" / "config.json").is_file()
+    assert keys_logged(tmp_path / "S1") >= {"loss/mlm"} and "loss/ce" not in keys_logged(tmp_path / "S1")
+    assert "loss/cos" in keys_logged(tmp_path / "S4")
+    t1 = load_file(tmp_path / "T1" / "final" / "model.safetensors")
+    t0 = load_file(tmp_path / "assets" / "mlm_teacher" / "model.safetensors")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(t1[name], t0[name])  # T1 was trained further
+
+
+def test_korean_slides_smoke(tmp_path):
+    import korean_slides
+
+    assert korean_slides.main(["--scale", "smoke", "--output-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "korean_slides.md").read_text()
+    for row in ("DistilBERT-shaped", "DistilBERT-shaped + pred", "TinyBERT-shaped 4x312 + trm + pred"):
+        assert f"| {row} |" in text
+    assert (tmp_path / "task_teachers" / "rte" / "config.json").is_file()  # the fine-tuned teacher, saved
+    two_stage = tmp_path / "tinybert" / "two-stage" / "glue" / "rte" / "lr0.001_bs16" / "seed0" / "result.json"
+    assert set(json.loads(two_stage.read_text())["stages"]) == {"stage1", "stage2"}
+    assert {"loss/emb", "loss/hid", "loss/att"} <= keys_logged(tmp_path / "tinybert")
+
+
+def test_electra_ablation_smoke(tmp_path):
+    import electra_ablation
+
+    assert electra_ablation.main(["--scale", "smoke", "--output-dir", str(tmp_path)]) == 0
+    points = json.loads((tmp_path / "points" / "ablation.json").read_text())["points"]
+    assert [(p["b1"], p["b2"], p["b3"]) for p in points] == [(0.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
+    assert "loss/hid" not in keys_logged(Path(points[0]["run_dir"]))  # b1 = 0: L_mse = emb+hid+att+out not computed
+    assert "loss/hid" in keys_logged(Path(points[1]["run_dir"]))
+    assert (tmp_path / "points" / "heatmap.svg").read_text().startswith("<svg")
+
+
+def test_ordering_note_says_when_rankings_disagree():
+    from scales import ordering_note
+
+    def result(label, macro):
+        return {"label": label, "glue_macro": macro, "tasks": {"rte": {}}}
+
+    refs = [{"label": "A (quoted)", "scores": {"rte": {"accuracy": 60.0}}},
+            {"label": "B (quoted)", "scores": {"rte": {"accuracy": 50.0}}}]
+    pairs = [("A", "A (quoted)"), ("B", "B (quoted)")]
+    assert "agrees" in ordering_note([result("A", 70.0), result("B", 65.0)], refs, pairs)
+    assert "DISAGREES" in ordering_note([result("A", 60.0), result("B", 65.0)], refs, pairs)

@@ -28,16 +28,13 @@ sys.path.insert(0, str(HERE))
 from bert_kd.distill import DistilConfig, run as run_bert_kd  # noqa: E402
 from distilbert_table3 import time_full_pass  # noqa: E402
 from electra_kd.distill import ElectraRunConfig, run as run_electra_kd  # noqa: E402
-from kd_core.assets import fetch_vader, minilm_dir, vader_text_file  # noqa: E402
+from kd_core.assets import fetch_vader  # noqa: E402
 from kd_core.checkpoint import atomic_write_text  # noqa: E402
 from kd_core.config import load_config  # noqa: E402
-from kd_core.data import PrepareConfig, prepare  # noqa: E402
 from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
 from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402
 from kd_core.glue.tasks import get_task  # noqa: E402
-from teachers import build_teacher  # noqa: E402
-
-SHARED = HERE.parents[1] / "shared" / "data"
+from scales import SHARED, SMALL_BATCH, SMALL_TEACHER_STEPS, small_corpus, small_teacher  # noqa: E402
 
 
 def movie_review_task(out: Path) -> tuple[Path, str]:
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     out = Path(args.output_dir)
     smoke = args.smoke
-    steps = 4 if smoke else 120
+    steps = 4 if smoke else SMALL_TEACHER_STEPS
     walls: dict[str, float] = {}
 
     def timed(name, fn):
@@ -74,23 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     print("[1/5] corpus", flush=True)
-    if (SHARED / "corpus").is_dir():
-        inputs, fmt, text_source = [str(SHARED / "corpus")], "auto", "WikiText-2 raw + Gutenberg (../shared/data)"
-    else:
-        inputs, fmt, text_source = [str(vader_text_file())], "lines", "vaderSentiment 3.3.2 snippets (PyPI)"
-    corpus = out / "corpus"
-    prepare(PrepareConfig(tokenizer=str(minilm_dir()), inputs=inputs, text_format=fmt, output=str(corpus),
-                          max_len=64, overwrite=True))
+    corpus, text_source = small_corpus(out)
 
     print("[2/5] teachers (cached after the first run)", flush=True)
-    batch = ["train.batch_size=16", "train.micro_batch_size=16", "train.eval_batches=2"]
-    mlm_teacher = timed("MLM teacher adaptation", lambda: build_teacher("mlm", str(corpus), steps, batch))
-    electra_teacher = timed("ELECTRA teacher adaptation", lambda: build_teacher("electra", str(corpus), steps, batch))
+    mlm_teacher = timed("MLM teacher adaptation", lambda: small_teacher("mlm", corpus, steps))
+    electra_teacher = timed("ELECTRA teacher adaptation", lambda: small_teacher("electra", corpus, steps))
 
     print("[3/5] students", flush=True)
     common = [f"data.corpus={corpus}", "student.num_layers=3", "student.layers=every_other",
               f"train.max_steps={steps}", "train.lr=2e-4", "train.warmup_ratio=0.1", "train.log_every=10",
-              "train.eval_every=0", *batch]
+              "train.eval_every=0", *SMALL_BATCH]
     bert_dir, electra_dir = out / "bert_student", out / "electra_student"
     timed("BERT student distillation", lambda: run_bert_kd(load_config(DistilConfig, overrides=[
         f"teacher={mlm_teacher / 'final'}", "loss.restrict_ce_to_mask=true", *common]), str(bert_dir), resume=True))

@@ -1,7 +1,8 @@
 """What `--scale smoke|small|paper` means for the seed-table recipes, and the steps they share.
 
 paper: the papers' models by hub name (bert-base-uncased, google/electra-base-*), a corpus you prepared
-       (e.g. wikitext-103 with `python -m kd_core.data prepare --hf-dataset ...`), the recipe configs'
+       (e.g. `python -m kd_core.data prepare --tokenizer bert-base-uncased --hf-dataset wikitext
+       --hf-config wikitext-103-raw-v1 --output data/wikitext-103-128`), the recipe configs'
        own budgets (recipes/configs/*.yaml), the Greek report's GLUE grid; needs a GPU and internet.
 small: the offline teachers of recipes/teachers.py (all-MiniLM-L6-v2, 6 layers, cached), the text of
        ../shared/data/corpus (or the vaderSentiment snippets) at 64 tokens, 300 steps x 16 rows per
@@ -151,7 +152,7 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
     if scale == "paper":
         if corpus is None:
             raise ValueError("--scale paper needs --corpus: prepare one first, e.g. python -m kd_core.data prepare "
-                             "--tokenizer bert-base-uncased --hf-dataset <wikitext-103 saved with save_to_disk> "
+                             "--tokenizer bert-base-uncased --hf-dataset wikitext --hf-config wikitext-103-raw-v1 "
                              "--output data/wikitext-103-128")
         return Setup(scale, "bert-base-uncased", "google/electra-base-discriminator", "google/electra-base-generator",
                      corpus, glue_dir, tasks or ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"],

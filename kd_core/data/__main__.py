@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", required=True, help="local directory or hub name of a fast tokenizer")
     p.add_argument("--input", nargs="*", default=[], help="text files or folders of them")
     p.add_argument("--hf-dataset", help="a save_to_disk folder or a hub dataset name")
+    p.add_argument("--hf-config", help="the hub dataset's configuration, e.g. wikitext-103-raw-v1")
     p.add_argument("--hf-split", default="train")
     p.add_argument("--text-column", default="text")
     p.add_argument("--format", dest="text_format", default="auto", choices=["auto", "lines", "paragraphs", "wikitext"])

@@ -34,6 +34,7 @@ class PrepareConfig:
     output: str
     inputs: list[str] = field(default_factory=list)
     hf_dataset: str | None = None
+    hf_config: str | None = None  # a hub dataset's configuration (wikitext: wikitext-103-raw-v1)
     hf_split: str = "train"
     text_column: str = "text"
     text_format: TextFormat = "auto"
@@ -74,7 +75,7 @@ def documents(cfg: PrepareConfig) -> Iterator[Document]:
     for path in text_files(cfg.inputs):
         yield from read_documents(path, cfg.text_format)
     if cfg.hf_dataset:
-        yield from hf_documents(cfg.hf_dataset, cfg.hf_split, cfg.text_column)
+        yield from hf_documents(cfg.hf_dataset, cfg.hf_split, cfg.text_column, cfg.hf_config)
 
 
 _worker_tokenizer = None
@@ -179,6 +180,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         "cleaning": asdict(cleaner.counts),
         "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in text_files(cfg.inputs)],
         "hf_dataset": cfg.hf_dataset,
+        "hf_config": cfg.hf_config,
         "config": asdict(cfg),
         "wall_seconds": round(time.perf_counter() - t0, 2),
     }

@@ -80,7 +80,8 @@ def read_documents(path: Path, fmt: TextFormat = "auto") -> Iterator[Document]:
             raise ValueError(f"unknown text format '{fmt}'; use auto, lines, paragraphs or wikitext")
 
 
-def hf_documents(name_or_path: str, split: str = "train", text_column: str = "text") -> Iterator[Document]:
+def hf_documents(name_or_path: str, split: str = "train", text_column: str = "text",
+                 config: str | None = None) -> Iterator[Document]:
     """Rows of a Hugging Face dataset: a `save_to_disk` folder, or a hub name (streamed)."""
     import datasets
 
@@ -91,7 +92,7 @@ def hf_documents(name_or_path: str, split: str = "train", text_column: str = "te
                 raise KeyError(f"dataset {name_or_path} has splits {list(ds)}, not '{split}'")
             ds = ds[split]
     else:
-        ds = datasets.load_dataset(name_or_path, split=split, streaming=True)
+        ds = datasets.load_dataset(name_or_path, config, split=split, streaming=True)
     columns = ds.column_names
     if columns is not None and text_column not in columns:
         raise KeyError(f"dataset {name_or_path} has no column '{text_column}' (columns: {columns}); "

@@ -9,7 +9,6 @@ small/smoke: 3 layers of the 6-layer teacher (layers 0,2,4), the scale's budget 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import ROOT, SCALES, distil_once, evaluate_on_glue, setup, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup, write_table  # noqa: E402
 
 from bert_kd.distill import DistilConfig, run  # noqa: E402
 
@@ -30,14 +29,7 @@ ROWS = [("triple loss, teacher init", "triple", [], None),
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=SCALES, default="small")
-    parser.add_argument("--output-dir", default="runs/distilbert_table4")
-    parser.add_argument("--glue-dir")
-    parser.add_argument("--corpus")
-    parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    parser.add_argument("--results", help="default: results/distilbert_table4.md (smoke: inside the output dir)")
-    parser.add_argument("--dry-run", action="store_true", help="print every run's config source and stop")
+    parser = recipe_parser(__doc__, "distilbert_table4", dry_run=True)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -65,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Worst to least harmful, ours: {', '.join(row[1] for row in ours)}; the paper's: "
              f"{', '.join(row[1] for row in paper)} ({'the same ordering' if agree else 'the orderings DISAGREE'}).",
              "Quoted: Sanh et al. 2019, Table 4 (their GLUE macro over 9 tasks, teacher bert-base-uncased)."]
-    target = Path(args.results) if args.results else (
-        out / "distilbert_table4.md" if s.scale == "smoke" else ROOT / "results" / "distilbert_table4.md")
-    print(write_table(target, f"DistilBERT Table 4 at {s.scale} scale: loss ablation", results, [], notes, s,
-                      sys.argv[1:] if argv is None else argv, "distilbert_table4.py", t0))
+    print(write_table(args, "distilbert_table4", f"DistilBERT Table 4 at {s.scale} scale: loss ablation", results, [],
+                      notes, s, argv, t0))
     return 0
 
 

@@ -13,7 +13,6 @@ smoke: the tiny ELECTRA, two points.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import ROOT, SCALES, setup  # noqa: E402
+from scales import ROOT, recipe_parser, setup  # noqa: E402
 
 from electra_kd.ablate import AblationConfig, ablate  # noqa: E402
 from kd_core.checkpoint import atomic_write_text  # noqa: E402
@@ -32,12 +31,7 @@ GRIDS = {"smoke": ("0,1", "1", "1"), "small": ("0,1,2", "0,1,2", "1"), "paper": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=SCALES, default="small")
-    parser.add_argument("--output-dir", default="runs/electra_ablation")
-    parser.add_argument("--glue-dir")
-    parser.add_argument("--corpus")
-    parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: rte,mrpc,stsb)")
+    parser = recipe_parser(__doc__, "electra_ablation", table=False)
     for name in ("b1", "b2", "b3"):
         parser.add_argument(f"--{name}", help=f"comma-separated {name} values (default: the scale's)")
     parser.add_argument("--results-dir", help="default: results/electra_ablation (smoke: none)")

@@ -12,7 +12,6 @@ distilbert.yaml, teacher layers 0,2,4), since no DistilBERT of the offline teach
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import ROOT, SCALES, distil_once, evaluate_on_glue, ordering_note, setup, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, ordering_note, recipe_parser, setup, write_table  # noqa: E402
 
 from bert_kd.distill import DistilConfig, run  # noqa: E402
 
@@ -48,14 +47,7 @@ def references() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=SCALES, default="small")
-    parser.add_argument("--output-dir", default="runs/greek_table1")
-    parser.add_argument("--glue-dir")
-    parser.add_argument("--corpus")
-    parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    parser.add_argument("--results", help="default: results/greek_table1.md (smoke: inside the output dir)")
-    parser.add_argument("--dry-run", action="store_true", help="print every run's config source and stop")
+    parser = recipe_parser(__doc__, "greek_table1", dry_run=True)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -94,10 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         "over lr {1e-5, 5e-5, 1e-4} x batch {16, 32}). Compare orderings, not absolute values.",
         ordering_note(results[:3], refs, list(zip([r["label"] for r in results[:3]], [r["label"] for r in refs]))),
     ]
-    target = Path(args.results) if args.results else (
-        out / "greek_table1.md" if s.scale == "smoke" else ROOT / "results" / "greek_table1.md")
-    print(write_table(target, f"Greek report Table 1 at {s.scale} scale: initialisation and L_cos vs L_att",
-                      results, refs, notes, s, sys.argv[1:] if argv is None else argv, "greek_table1.py", t0))
+    title = f"Greek report Table 1 at {s.scale} scale: initialisation and L_cos vs L_att"
+    print(write_table(args, "greek_table1", title, results, refs, notes, s, argv, t0))
     return 0
 
 

@@ -12,7 +12,6 @@ small/smoke: T0 = the offline MLM teacher (6 layers), 3-layer students (teacher 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import ROOT, SCALES, distil_once, evaluate_on_glue, setup, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup, write_table  # noqa: E402
 from teachers import build_teacher  # noqa: E402
 
 from bert_kd.distill import DistilConfig, build, run  # noqa: E402
@@ -48,14 +47,8 @@ def save_untrained(cfg: DistilConfig, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=SCALES, default="small")
-    parser.add_argument("--output-dir", default="runs/herbert")
+    parser = recipe_parser(__doc__, "herbert_scenarios")
     parser.add_argument("--teacher", help="T0 (default: the scale's MLM teacher)")
-    parser.add_argument("--glue-dir")
-    parser.add_argument("--corpus")
-    parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    parser.add_argument("--results", help="default: results/herbert_scenarios.md (smoke: inside the output dir)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -89,10 +82,8 @@ def main(argv: list[str] | None = None) -> int:
              "ordering only (different language, tasks and scale):", "", *quoted, "",
              f"T1 = T0 after {t1_steps} more MLM steps on the distillation corpus "
              "(recipes/teachers.py mlm with T0 as the encoder)."]
-    target = Path(args.results) if args.results else (
-        out / "herbert_scenarios.md" if s.scale == "smoke" else ROOT / "results" / "herbert_scenarios.md")
-    print(write_table(target, f"HerBERT scenarios S0-S5 at {s.scale} scale", results, [], notes, s,
-                      sys.argv[1:] if argv is None else argv, "herbert_scenarios.py", t0))
+    print(write_table(args, "herbert_scenarios", f"HerBERT scenarios S0-S5 at {s.scale} scale", results, [], notes, s,
+                      argv, t0))
     return 0
 
 

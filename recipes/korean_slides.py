@@ -13,7 +13,6 @@ per task with the scale's grid (its chosen cell, seed 0).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import ROOT, SCALES, distil_once, evaluate_on_glue, setup, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup, write_table  # noqa: E402
 
 from bert_kd.distill import DistilConfig, run  # noqa: E402
 from kd_core.glue.distill import TaskDistillConfig  # noqa: E402
@@ -51,13 +50,7 @@ def link_task_teachers(teacher_results: dict, glue_dir: Path, links: Path) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=SCALES, default="small")
-    parser.add_argument("--output-dir", default="runs/korean")
-    parser.add_argument("--glue-dir")
-    parser.add_argument("--corpus")
-    parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: sst2,mrpc; smoke: rte,stsb)")
-    parser.add_argument("--results", help="default: results/korean_slides.md (smoke: inside the output dir)")
+    parser = recipe_parser(__doc__, "korean_slides")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -87,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = ["The slides' table (quoted; Korean RoBERTa teacher, 15 GB corpus, Korean tasks), for the pattern only: "
              "+ pred helps both students, + trm + pred helps the TinyBERT-shaped one more than the DistilBERT-shaped one.",
              "", *quoted]
-    target = Path(args.results) if args.results else (
-        out / "korean_slides.md" if s.scale == "smoke" else ROOT / "results" / "korean_slides.md")
-    print(write_table(target, f"Korean slides at {s.scale} scale: student shape, + pred, + two-stage", results, [],
-                      notes, s, sys.argv[1:] if argv is None else argv, "korean_slides.py", t0))
+    title = f"Korean slides at {s.scale} scale: student shape, + pred, + two-stage"
+    print(write_table(args, "korean_slides", title, results, [], notes, s, argv, t0))
     return 0
 
 

@@ -14,6 +14,7 @@ Each recipe states its layer lists for 12-layer (paper) and 6-layer (small, smok
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -147,8 +148,8 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
                      bert_kd=["loss.restrict_ce_to_mask=true"],  # vocabulary KL at masked positions: ~2x faster on CPU
                      description=f"small: offline all-MiniLM-L6-v2 teachers ({SMALL_TEACHER_STEPS} adaptation steps, "
                                  f"cached), text {source} at 64 tokens, 300 steps x 16 rows per student, "
-                                 "L_ce (bert_kd) at masked positions only, GLUE fine-tuning on at most 2,000 training examples, 3 epochs, lr 1e-4, batch 32, "
-                                 "seed 0, full dev sets")
+                                 "L_ce (bert_kd) at masked positions only, GLUE fine-tuning on at most 2,000 training "
+                                 "examples, 3 epochs, lr 1e-4, batch 32, seed 0, full dev sets")
     if scale == "paper":
         if corpus is None:
             raise ValueError("--scale paper needs --corpus: prepare one first, e.g. python -m kd_core.data prepare "
@@ -177,10 +178,29 @@ def evaluate_on_glue(model: str, s: Setup, run_dir: Path, label: str, grid: Grid
     return run_grid(model, [get_task(t) for t in s.tasks], s.glue_dir, grid or s.grid, run_dir / "glue", label=label)
 
 
-def write_table(path: Path, title: str, results: list[dict], references: list[dict], notes: list[str],
-                s: Setup, argv: list[str], script: str, t0: float) -> str:
-    """The Markdown table (ours, then the quoted rows), notes, and provenance, written atomically."""
-    prov = provenance(f"python recipes/{script} " + " ".join(argv))
+def recipe_parser(doc: str, name: str, table: bool = True, dry_run: bool = False) -> argparse.ArgumentParser:
+    """The arguments every seed-table recipe takes; `name` is its script's stem."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=SCALES, default="small")
+    parser.add_argument("--output-dir", default=f"runs/{name}")
+    parser.add_argument("--glue-dir", help="GLUE folders (default: ../shared/data/glue, else the hub)")
+    parser.add_argument("--corpus", help="a prepared corpus (default: the scale's)")
+    parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
+    if table:
+        parser.add_argument("--results", help=f"default: results/{name}.md (smoke: inside the output dir)")
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true", help="print every run's config source and stop")
+    return parser
+
+
+def write_table(args: argparse.Namespace, name: str, title: str, results: list[dict], references: list[dict],
+                notes: list[str], s: Setup, argv: list[str] | None, t0: float) -> str:
+    """The Markdown table (ours, then the quoted rows), notes, and provenance, written atomically to
+    --results, else results/<name>.md (smoke: <output-dir>/<name>.md)."""
+    argv = sys.argv[1:] if argv is None else argv
+    path = Path(args.results) if args.results else (
+        Path(args.output_dir) / f"{name}.md" if s.scale == "smoke" else ROOT / "results" / f"{name}.md")
+    prov = provenance(f"python recipes/{name}.py " + " ".join(argv))
     prov.update(scale=s.scale, seeds=s.grid.seeds, wall_s=round(time.perf_counter() - t0, 1), torch=torch.__version__)
     text = "\n".join([f"# {title}", "", markdown_table(results, references), "", *notes, "",
                       f"Setup: {s.description}.", "", "Provenance: " + json.dumps(prov), ""])

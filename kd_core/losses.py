@@ -15,9 +15,14 @@ from torch.nn import functional as F
 LossFn = Callable[..., torch.Tensor]
 
 
-def _select(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Rows of x (..., d) at True entries of mask (...); all rows flattened when mask is None."""
-    return x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
+def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-position values at True entries of mask (all when None).
+
+    A masked sum, not boolean indexing: no device-to-host sync, no gathered copy of the inputs."""
+    if mask is None:
+        return per_position.mean()
+    weight = mask.to(per_position.dtype).expand_as(per_position)
+    return (per_position * weight).sum() / weight.sum()
 
 
 def kd_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
@@ -26,22 +31,20 @@ def kd_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | Non
 
     The T^2 keeps gradient magnitudes comparable across temperatures (Hinton et al.); it is applied
     here once. Logits may already be gathered at the positions (mask=None)."""
-    s = _select(student, mask).float() / temperature
-    t = _select(teacher, mask).float() / temperature
-    t_log = F.log_softmax(t, dim=-1)
+    s = student.float() / temperature
+    t_log = F.log_softmax(teacher.float() / temperature, dim=-1)
     kl = (t_log.exp() * (t_log - F.log_softmax(s, dim=-1))).sum(-1)
-    return kl.mean() * temperature ** 2
+    return _masked_mean(kl, mask) * temperature ** 2
 
 
 def logits_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error between logits (Bucila et al.; TinyBERT's fine-tuning-stage L_pred)."""
-    return F.mse_loss(_select(student, mask).float(), _select(teacher, mask).float())
+    return _masked_mean(((student.float() - teacher.float()) ** 2).mean(-1), mask)
 
 
 def cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over selected tokens of 1 - cos(student, teacher) (DistilBERT's cosine embedding loss)."""
-    s, t = _select(student, mask).float(), _select(teacher, mask).float()
-    return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    return _masked_mean(1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1), mask)
 
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
@@ -49,10 +52,8 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
     """MSE between (projected) student states and teacher states over selected tokens (TinyBERT L_hid, L_emb).
 
     `projection` maps the student width onto the teacher's when they differ (a learned nn.Linear)."""
-    s = _select(student, mask)
-    if projection is not None:
-        s = projection(s)
-    return F.mse_loss(s.float(), _select(teacher, mask).float())
+    s = projection(student) if projection is not None else student
+    return _masked_mean(((s.float() - teacher.float()) ** 2).mean(-1), mask)
 
 
 def attention_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -73,11 +74,8 @@ def binary_kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mas
                  temperature: float = 1.0) -> torch.Tensor:
     """kd_kl for one logit per token (ELECTRA's original/replaced head): the two-class distribution
     [1 - sigmoid(z/T), sigmoid(z/T)], KL(teacher || student) * T^2, mean over selected tokens."""
-    s, t = student_logits.float(), teacher_logits.float()
-    if mask is not None:
-        s, t = s[mask], t[mask]
-    two = lambda z: torch.stack([torch.zeros_like(z), z], dim=-1)  # softmax([0, z]) = [1 - sig(z), sig(z)]
-    return kd_kl(two(s), two(t), None, temperature)
+    two = lambda z: torch.stack([torch.zeros_like(z), z.float()], dim=-1)  # softmax([0, z]) = [1 - sig(z), sig(z)]
+    return kd_kl(two(student_logits), two(teacher_logits), mask, temperature)
 
 
 LOSSES: dict[str, LossFn] = {

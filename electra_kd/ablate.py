@@ -130,13 +130,13 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
         points.append(point)
     tasks = ", ".join(cfg.glue.tasks)
     metric_cols = sorted({(t, m) for p in points for t, ms in p["glue"].items() for m in ms})
-    lines = ["| b1 | b2 | b3 | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols) + " | final L_ce (RTD) |",
-             "|" + "---|" * (len(metric_cols) + 5)]
+    lines = ["| b1 | b2 | b3 | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols)
+             + " | final train L_ce (RTD) | held-out L_ce (RTD) |", "|" + "---|" * (len(metric_cols) + 6)]
     for p in points:
-        ce = p["final_train_losses"].get("loss/ce")
-        ce_text = f"{ce:.4f}" if ce is not None else "–"
+        losses = [p["final_train_losses"].get("loss/ce"), p["final_eval_ce"]]
+        loss_text = " | ".join(f"{x:.4f}" if x is not None else "–" for x in losses)
         lines.append(f"| {p['b1']:g} | {p['b2']:g} | {p['b3']:g} | {p['score']:.2f} | "
-                     + " | ".join(f"{p['glue'][t][m]:.2f}" for t, m in metric_cols) + f" | {ce_text} |")
+                     + " | ".join(f"{p['glue'][t][m]:.2f}" for t, m in metric_cols) + f" | {loss_text} |")
     table = "\n".join(lines)
     atomic_write_text(out / "ablation.md", f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks})\n\n"
                       + table + "\n")

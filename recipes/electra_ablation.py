@@ -8,9 +8,11 @@ The grid file is recipes/configs/electra_ablation.yaml (3-layer student from tea
 paper: google/electra-base-discriminator as teacher (its generator frozen), a 6-layer student, 20,000 steps
        of batch 64 in bf16, the yaml's b grid and GLUE tasks.
 small: the offline ELECTRA teacher, b1 x b2 in {0,1,2}^2 at b3 = 1 (nine points), each 200 steps x 16 rows,
-       then MRPC and STS-B fine-tuned on at most 1,000 training examples (3 epochs); results/electra_ablation/.
-       Smaller than the other recipes' small scale so that nine points fit about an hour on 2 CPU cores; RTE
-       is left out (its long pairs cost 5 minutes per point and 3-layer students sit at chance on it).
+       then SST-2 fine-tuned on 2,000 training sentences (3 epochs); results/electra_ablation/. Smaller than
+       the other recipes' small scale so that nine points fit about an hour on 2 CPU cores. At this budget
+       3-layer students stay at the majority class on MRPC, near zero on STS-B and at chance on RTE (and
+       RTE's long pairs cost 5 minutes per point), so SST-2 is the task that separates them; the table also
+       gives each point's held-out RTD loss.
 smoke: the tiny ELECTRA, two points.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     t0 = time.perf_counter()
     out = Path(args.output_dir)
-    default_tasks = {"smoke": None, "small": ["mrpc", "stsb"], "paper": ["rte", "mrpc", "stsb"]}[args.scale]
+    default_tasks = {"smoke": None, "small": ["sst2"], "paper": ["rte", "mrpc", "stsb"]}[args.scale]
     tasks = args.tasks.split(",") if args.tasks else default_tasks
     s = setup(args.scale, out / "setup", args.glue_dir, args.corpus, tasks, kinds=("electra",))
     overrides = [f"base.teacher={s.electra_teacher}", f"base.generator.path={s.electra_generator}",
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if s.glue_dir:
         overrides.append(f"glue.glue_dir={s.glue_dir}")
     if s.scale == "small":
-        overrides += ["base.train.max_steps=200", "glue.finetune.max_train_examples=1000"]
+        overrides += ["base.train.max_steps=200"]
     if s.scale == "paper":
         overrides += ["base.student.num_layers=6", "base.train.max_steps=20000", "base.train.batch_size=64",
                       "base.train.micro_batch_size=64", "base.train.mixed_precision=bf16", "base.train.save_every=2000",

@@ -32,6 +32,12 @@ from kd_core.checkpoint import atomic_write_text  # noqa: E402
 from kd_core.config import load_config  # noqa: E402
 
 GRIDS = {"smoke": ("0,1", "1", "1"), "small": ("0,1,2", "0,1,2", "1"), "paper": (None, None, None)}
+BUDGETS = {  # per-point overrides of the scale's student budget, and how the results file states them
+    "smoke": ([], "the smoke scale's budget"),
+    "small": (["base.train.max_steps=200"], "each point distilled for 200 steps x 16 rows (not the scale's 300)"),
+    "paper": (["base.student.num_layers=6", "base.train.max_steps=20000", "base.train.batch_size=64",
+               "base.train.micro_batch_size=64", "base.train.mixed_precision=bf16", "base.train.save_every=2000",
+               "base.train.eval_every=2000"], "6-layer students, 20,000 steps x 64 rows in bf16 per point")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"glue.finetune.max_train_examples={s.grid.finetune.max_train_examples}"]
     if s.glue_dir:
         overrides.append(f"glue.glue_dir={s.glue_dir}")
-    if s.scale == "small":
-        overrides += ["base.train.max_steps=200"]
-    if s.scale == "paper":
-        overrides += ["base.student.num_layers=6", "base.train.max_steps=20000", "base.train.batch_size=64",
-                      "base.train.micro_batch_size=64", "base.train.mixed_precision=bf16", "base.train.save_every=2000",
-                      "base.train.eval_every=2000"]
+    budget, budget_text = BUDGETS[s.scale]
+    overrides += budget
     for name, default in zip(("b1", "b2", "b3"), GRIDS[s.scale]):
         values = getattr(args, name) or default
         if values:
@@ -75,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(out / "points" / name, results / f".{name}.tmp")
             (results / f".{name}.tmp").replace(results / name)
         table = (out / "points" / "ablation.md").read_text()
-        atomic_write_text(results / "ablation.md", table + f"\nSetup: {s.description}; b grid and overrides: "
-                          f"{' '.join(overrides)}.\n\nCommand: `{command}`; wall time {time.perf_counter() - t0:.0f} s; "
-                          "commit, hardware and date in ablation.json's provenance.\n")
+        atomic_write_text(results / "ablation.md", table + f"\nSetup: {budget_text}; fine-tuned on {', '.join(s.tasks)}; "
+                          f"teachers, text and fine-tuning otherwise as the scale says ({s.description}). All "
+                          f"overrides, in order (later ones win): {' '.join(overrides)}.\n\nCommand: `{command}`; "
+                          f"wall time {time.perf_counter() - t0:.0f} s; commit, hardware and date in ablation.json's "
+                          "provenance.\n")
     print((out / "points" / "ablation.md").read_text())
     return 0
 

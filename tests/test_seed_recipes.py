@@ -107,11 +107,16 @@ def test_electra_ablation_smoke(tmp_path):
 def test_ordering_note_says_when_rankings_disagree():
     from scales import ordering_note
 
-    def result(label, macro):
-        return {"label": label, "glue_macro": macro, "tasks": {"rte": {}}}
+    def result(label, rte, wnli):
+        return {"label": label, "tasks": {t: {"metrics": {"accuracy": {"median": v}}}
+                                          for t, v in (("rte", rte), ("wnli", wnli))}}
 
-    refs = [{"label": "A (quoted)", "scores": {"rte": {"accuracy": 60.0}}},
-            {"label": "B (quoted)", "scores": {"rte": {"accuracy": 50.0}}}]
+    refs = [{"label": "A (quoted)", "scores": {"rte": {"accuracy": 60.0}, "wnli": {"accuracy": 50.0}}},
+            {"label": "B (quoted)", "scores": {"rte": {"accuracy": 50.0}, "wnli": {"accuracy": 50.0}}}]
     pairs = [("A", "A (quoted)"), ("B", "B (quoted)")]
-    assert "agrees" in ordering_note([result("A", 70.0), result("B", 65.0)], refs, pairs)
-    assert "DISAGREES" in ordering_note([result("A", 60.0), result("B", 65.0)], refs, pairs)
+    agree = ordering_note([result("A", 70.0, 50.0), result("B", 65.0, 50.0)], refs, pairs)
+    assert agree.count("agrees") == 2 and "over rte, wnli: ours A (60.0) > B (57.5)" in agree
+    # B ahead only through WNLI: the ordering over all tasks disagrees, the one without WNLI agrees
+    wnli_only = ordering_note([result("A", 66.0, 40.0), result("B", 65.0, 60.0)], refs, pairs)
+    assert "over rte, wnli: ours B (62.5) > A (53.0); this DISAGREES" in wnli_only
+    assert "over rte: ours A (66.0) > B (65.0); this agrees" in wnli_only

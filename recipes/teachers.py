@@ -82,10 +82,21 @@ def electra_overrides(init: Path, corpus: str, steps: int) -> list[str]:
             "train.eval_batches=5", f"train.save_every={max(steps // 2, 1)}"]
 
 
+def encoder_identity(encoder: str) -> str:
+    """A local encoder by the hash of its weights (so a moved install keeps its cache), a hub name by its name."""
+    weights = Path(encoder) / "model.safetensors"
+    if not weights.is_file():
+        return encoder
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
 def cache_key(kind: str, encoder: str, corpus: str, steps: int, overrides: list[str]) -> str:
     stats = read_stats(corpus)
-    weights = Path(encoder) / "model.safetensors"
-    identity = {"kind": kind, "encoder": str(encoder), "encoder_bytes": weights.stat().st_size if weights.is_file() else None,
+    identity = {"kind": kind, "encoder": encoder_identity(encoder),
                 "corpus": {k: stats[k] for k in ("vocab_hash", "tokens", "rows", "max_len")}, "steps": steps,
                 "overrides": overrides}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]

@@ -51,6 +51,10 @@ def test_teachers_recipe_builds_once_and_caches(tmp_path, tiny_tokenizer, tiny_c
     stamp = (mlm / "final" / "model.safetensors").stat().st_mtime_ns
     again = teachers.build_teacher("mlm", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)
     assert again == mlm and (mlm / "final" / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    import shutil
+
+    moved = shutil.copytree(encoder, tmp_path / "elsewhere" / "encoder")  # the same weights installed elsewhere
+    assert teachers.build_teacher("mlm", str(tiny_corpus), steps=2, overrides=small, encoder=moved) == mlm
     longer = teachers.build_teacher("mlm", str(tiny_corpus), steps=3, overrides=small, encoder=encoder)
     assert longer != mlm  # another input, another teacher
     electra = teachers.build_teacher("electra", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)

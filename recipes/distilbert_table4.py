@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import distil_once, evaluate_on_glue, recipe_parser, setup, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table  # noqa: E402
 
 from bert_kd.distill import DistilConfig, run  # noqa: E402
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
-    s = setup(args.scale, out, args.glue_dir, args.corpus, args.tasks.split(",") if args.tasks else None)
+    s = setup_from_args(args)
     common = [f"data.corpus={s.corpus}"]
     if s.scale != "paper":
         common += [f"teacher={s.mlm_teacher}", "student.num_layers=3", "student.layers=every_other",

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import ROOT, recipe_parser, setup  # noqa: E402
+from scales import ROOT, recipe_parser, setup_from_args  # noqa: E402
 
 from electra_kd.ablate import AblationConfig, ablate  # noqa: E402
 from kd_core.checkpoint import atomic_write_text  # noqa: E402
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = Path(args.output_dir)
     default_tasks = {"smoke": None, "small": ["sst2"], "paper": ["rte", "mrpc", "stsb"]}[args.scale]
-    tasks = args.tasks.split(",") if args.tasks else default_tasks
-    s = setup(args.scale, out / "setup", args.glue_dir, args.corpus, tasks, kinds=("electra",))
+    s = setup_from_args(args, default_tasks, kinds=("electra",), workdir=out / "setup")
     overrides = [f"base.teacher={s.electra_teacher}", f"base.generator.path={s.electra_generator}",
                  f"base.data.corpus={s.corpus}", *("base." + o for o in s.student_train),
                  f"glue.tasks={s.tasks}", f"glue.lrs={s.grid.lrs}", f"glue.batch_sizes={s.grid.batch_sizes}",

@@ -19,7 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import distil_once, evaluate_on_glue, ordering_note, recipe_parser, setup, write_table  # noqa: E402
+from scales import (distil_once, evaluate_on_glue, ordering_note, recipe_parser, setup_from_args,  # noqa: E402
+                    write_table)
 
 from bert_kd.distill import DistilConfig, run  # noqa: E402
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
-    s = setup(args.scale, out, args.glue_dir, args.corpus, args.tasks.split(",") if args.tasks else None)
+    s = setup_from_args(args)
     depth, teacher_layers, distil_depth, distil_layers = MAPS[s.teacher_layers]
     if s.scale == "paper":  # the yaml files hold the report's shapes, maps and budgets
         common, shape, donor_init = [f"data.corpus={s.corpus}"], [], []

@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scales import distil_once, evaluate_on_glue, recipe_parser, setup, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table  # noqa: E402
 
 from bert_kd.distill import DistilConfig, run  # noqa: E402
 from kd_core.glue.distill import TaskDistillConfig  # noqa: E402
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
-    tasks = args.tasks.split(",") if args.tasks else (None if args.scale == "smoke" else ["sst2", "mrpc"])
-    s = setup(args.scale, out, args.glue_dir, args.corpus, tasks)
+    s = setup_from_args(args, None if args.scale == "smoke" else ["sst2", "mrpc"])
     common = [f"data.corpus={s.corpus}"]
     if s.scale != "paper":
         common += [f"teacher={s.mlm_teacher}", *s.student_train, *s.bert_kd]

@@ -163,6 +163,13 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
     raise ValueError(f"unknown scale '{scale}'; choose one of {', '.join(SCALES)}")
 
 
+def setup_from_args(args: argparse.Namespace, default_tasks: list[str] | None = None,
+                    kinds: tuple[str, ...] = ("mlm",), workdir: Path | None = None) -> Setup:
+    """`setup` from a recipe_parser's arguments (--tasks, else `default_tasks`, else the scale's)."""
+    tasks = args.tasks.split(",") if args.tasks else default_tasks
+    return setup(args.scale, workdir or Path(args.output_dir), args.glue_dir, args.corpus, tasks, kinds)
+
+
 def distil_once(config_cls, run, cfg_file: str | Path | None, overrides: list[str], run_dir: Path,
                 dry_run: bool = False):
     """Load a run's config (file + overrides) and train it unless its final/ exists; returns the config."""

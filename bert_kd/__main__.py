@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from kd_core.cli import run_and_report
+from kd_core.cli import add_run_arguments, run_and_report
 from kd_core.config import load_config
 from kd_core.student import StudentConfig, build_student, load_masked_lm
 
@@ -39,15 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--arch", default="same", choices=["same", "distilbert"])
     e.add_argument("--output", required=True)
     d = sub.add_parser("distill", help="task-agnostic distillation")
-    d.add_argument("--config")
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    d.add_argument("--output-dir", required=True)
-    d.add_argument("--resume", action="store_true")
+    add_run_arguments(d, "teacher, student, data, masking, loss, train, loss_weights")
     args = parser.parse_args(argv)
     if args.command == "extract":
         return run_and_report(lambda: extract(args) or {}, args.output)
     return run_and_report(lambda: run(load_config(DistilConfig, args.config, args.overrides), args.output_dir,
-                                      args.resume), args.output_dir)
+                                      args.resume, args.overwrite), args.output_dir)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,16 +2,12 @@
 `python -m bert_kd distill --config recipes/configs/<name>.yaml [--set ...] --output-dir DIR`."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from transformers import AutoTokenizer
-
-from kd_core.checkpoint import seed_everything
-from kd_core.data import MaskingCollator, MaskingConfig, open_corpus, read_stats
-from kd_core.engine import Engine, TrainConfig
-from kd_core.pretrain import DataConfig, check_compatible
+from kd_core.data import MaskingConfig
+from kd_core.engine import TrainConfig
+from kd_core.errors import UserError
+from kd_core.run import DataConfig, Job, launch
 from kd_core.student import StudentConfig, build_student, load_masked_lm
 
 from .objective import DistillationObjective, DistilLossConfig
@@ -29,28 +25,17 @@ class DistilConfig:
     loss_weights: dict[str, float] = field(default_factory=lambda: {"ce": 5.0, "mlm": 2.0, "cos": 1.0})
 
 
-def build(cfg: DistilConfig):
-    """(objective, tokenizer, init report) for a config; the teacher is loaded frozen."""
+def build(cfg: DistilConfig) -> tuple[DistillationObjective, dict]:
+    """(objective, init report) for a config; the teacher is loaded frozen."""
     if not cfg.teacher:
-        raise ValueError("no teacher: set `teacher:` in the config or --set teacher=PATH")
+        raise UserError("no teacher: set `teacher:` in the config or --set teacher=PATH")
     teacher = load_masked_lm(cfg.teacher)
     student, layer_map, report = build_student(teacher, cfg.student)
-    objective = DistillationObjective(student, teacher, layer_map, cfg.loss_weights, cfg.loss)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer or cfg.teacher)
-    return objective, tokenizer, report
+    return DistillationObjective(student, teacher, layer_map, cfg.loss_weights, cfg.loss), report
 
 
-def run(cfg: DistilConfig, output_dir: str, resume: bool = False) -> dict[str, float]:
-    seed_everything(cfg.train.seed)
-    objective, tokenizer, report = build(cfg)
-    stats = read_stats(cfg.data.corpus)
-    check_compatible(objective.teacher, tokenizer, stats["max_len"])
-    check_compatible(objective.student, tokenizer, stats["max_len"])
-    train_rows = open_corpus(cfg.data.corpus, tokenizer, "train")
-    valid_rows = open_corpus(cfg.data.corpus, tokenizer, "valid")
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / "student_init.json").write_text(json.dumps(report, indent=1))
-    collate = MaskingCollator.for_corpus(cfg.masking, tokenizer, cfg.data.corpus)
-    engine = Engine(cfg.train, objective, cfg.loss_weights, train_rows, collate, output_dir, cfg,
-                    tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
-    return engine.fit()
+def run(cfg: DistilConfig, output_dir: str, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+    def job(tokenizer) -> Job:
+        objective, report = build(cfg)
+        return Job(objective, cfg.loss_weights, init_report=report)
+    return launch(cfg, job, output_dir, resume, overwrite, tokenizer_source=cfg.teacher)

@@ -26,6 +26,7 @@ from kd_core.heads import IGNORE_INDEX, encoder_inputs, mlm_head
 from kd_core.intermediate import IntermediateLosses
 from kd_core.layer_map import LayerMap, resolve_layer_map
 from kd_core.objective import Objective, freeze_head
+from kd_core.errors import UserError
 
 TERMS = ("ce", "mlm", "cos", "mse_logits", "att", "hid", "emb")
 
@@ -47,14 +48,14 @@ class DistillationObjective(Objective):
         super().__init__(student, teacher)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
-            raise KeyError(f"unknown loss term(s) {unknown} in loss_weights; bert_kd terms: {list(TERMS)}")
+            raise UserError(f"unknown loss term(s) {unknown} in loss_weights; bert_kd terms: {list(TERMS)}")
         self.active = {k for k, w in weights.items() if w != 0}
         if len(student.get_input_embeddings().weight) != len(teacher.get_input_embeddings().weight):
-            raise ValueError(f"vocab mismatch: student has {len(student.get_input_embeddings().weight)} tokens, "
+            raise UserError(f"vocab mismatch: student has {len(student.get_input_embeddings().weight)} tokens, "
                              f"teacher {len(teacher.get_input_embeddings().weight)}; they must share a tokenizer")
         s_width, t_width = hidden_width(student), hidden_width(teacher)
         if "cos" in self.active and s_width != t_width:
-            raise ValueError(f"L_cos compares last hidden states, but the student is {s_width} wide and the teacher "
+            raise UserError(f"L_cos compares last hidden states, but the student is {s_width} wide and the teacher "
                              f"{t_width}; use hid (with a learned projection) for narrower students")
         self.cfg = cfg
         loss_map = layer_map if cfg.loss_layers is None else resolve_layer_map(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kd_core.cli import run_and_report
+from kd_core.cli import add_run_arguments, run_and_report
 from kd_core.config import load_config
 
 from .ablate import AblationConfig, ablate
@@ -20,10 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m electra_kd")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="distil (or pretrain) a small ELECTRA discriminator")
-    d.add_argument("--config")
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    d.add_argument("--output-dir", required=True)
-    d.add_argument("--resume", action="store_true")
+    add_run_arguments(d, "teacher, student, generator, data, masking, loss, train")
     a = sub.add_parser("ablate", help="grid over b1/b2/b3, each run evaluated on GLUE")
     a.add_argument("--grid", required=True)
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -31,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "distill":
         return run_and_report(lambda: run(load_config(ElectraRunConfig, args.config, args.overrides),
-                                          args.output_dir, args.resume), args.output_dir)
+                                          args.output_dir, args.resume, args.overwrite), args.output_dir)
     command = "python -m electra_kd " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def run_ablation() -> dict:

@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_core.checkpoint import atomic_write_text
+from kd_core.files import atomic_write_text
 from kd_core.config import load_config, to_dict
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid

@@ -2,17 +2,15 @@
 `python -m electra_kd distill --config C.yaml [--set ...] --output-dir DIR`."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-from kd_core.checkpoint import atomic_dir, commit_dir, seed_everything
-from kd_core.data import MaskingCollator, MaskingConfig, open_corpus, read_stats
-from kd_core.engine import Engine, TrainConfig
-from kd_core.pretrain import DataConfig, check_compatible
+from kd_core.data import MaskingConfig
+from kd_core.engine import TrainConfig
+from kd_core.errors import UserError
+from kd_core.run import DataConfig, Job, launch
 from kd_core.student import StudentConfig, build_student
 
 from .objective import ElectraLossConfig, ElectraObjective, loss_weights, tie_generator_embeddings
@@ -41,7 +39,7 @@ def load_discriminator(path: str) -> ElectraForPreTraining:
     try:
         return ElectraForPreTraining.from_pretrained(path, dtype=torch.float32)
     except OSError as e:
-        raise FileNotFoundError(f"cannot load an ELECTRA discriminator from '{path}': give a directory saved "
+        raise UserError(f"cannot load an ELECTRA discriminator from '{path}': give a directory saved "
                                 f"with save_pretrained or a hub name such as google/electra-base-discriminator ({e})") from e
 
 
@@ -59,10 +57,9 @@ def new_generator(student: ElectraForPreTraining, cfg: GeneratorConfig) -> Elect
     return gen
 
 
-def build(cfg: ElectraRunConfig):
-    """(objective, loss weights, tokenizer, init report)."""
+def build(cfg: ElectraRunConfig) -> Job:
     if not cfg.teacher:
-        raise ValueError("no teacher: set `teacher:` (an ELECTRA discriminator; it also gives the student its shape)")
+        raise UserError("no teacher: set `teacher:` (an ELECTRA discriminator; it also gives the student its shape)")
     teacher = load_discriminator(cfg.teacher)
     student, layer_map, report = build_student(teacher, cfg.student, model_class=ElectraForPreTraining)
     if cfg.generator.path:
@@ -70,31 +67,14 @@ def build(cfg: ElectraRunConfig):
     else:
         generator = new_generator(student, cfg.generator)
         if not cfg.loss.train_generator:
-            raise ValueError("a new generator must be trained: set loss.train_generator=true, or give generator.path")
+            raise UserError("a new generator must be trained: set loss.train_generator=true, or give generator.path")
     distilling = any((cfg.loss.b1, cfg.loss.b2, cfg.loss.b3))
     weights = loss_weights(cfg.loss, distilling)
     objective = ElectraObjective(student, generator, weights, cfg.loss, teacher if distilling else None, layer_map)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer or cfg.teacher)
-    return objective, weights, tokenizer, report
+    # the generator is saved beside the student, for reuse as a frozen one
+    return Job(objective, weights, init_report={k: v for k, v in report.items() if k != "copied"},
+               save_beside={"generator": generator})
 
 
-def run(cfg: ElectraRunConfig, output_dir: str, resume: bool = False) -> dict[str, float]:
-    seed_everything(cfg.train.seed)
-    objective, weights, tokenizer, report = build(cfg)
-    stats = read_stats(cfg.data.corpus)
-    check_compatible(objective.student, tokenizer, stats["max_len"])
-    train_rows = open_corpus(cfg.data.corpus, tokenizer, "train")
-    valid_rows = open_corpus(cfg.data.corpus, tokenizer, "valid")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "student_init.json").write_text(json.dumps({k: v for k, v in report.items() if k != "copied"}, indent=1))
-    collate = MaskingCollator.for_corpus(cfg.masking, tokenizer, cfg.data.corpus)
-    engine = Engine(cfg.train, objective, weights, train_rows, collate, out, cfg, tokenizer=tokenizer,
-                    eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
-    summary = engine.fit()
-    if engine.accelerator.is_main_process:  # the generator beside the student, for reuse as a frozen one
-        tmp = atomic_dir(out / "generator")
-        objective.generator.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        commit_dir(tmp, out / "generator")
-    return summary
+def run(cfg: ElectraRunConfig, output_dir: str, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+    return launch(cfg, lambda tokenizer: build(cfg), output_dir, resume, overwrite, tokenizer_source=cfg.teacher)

@@ -29,6 +29,7 @@ from kd_core.layer_map import LayerMap
 from kd_core.objective import Objective
 
 from .rtd import corrupt
+from kd_core.errors import UserError
 
 MSE_PARTS = ("emb", "out", "hid", "att")
 
@@ -49,13 +50,13 @@ class ElectraLossConfig:
 def loss_weights(cfg: ElectraLossConfig, has_teacher: bool) -> dict[str, float]:
     unknown = sorted(set(cfg.mse_parts) - set(MSE_PARTS))
     if unknown:
-        raise KeyError(f"unknown L_mse part(s) {unknown}; parts: {list(MSE_PARTS)}")
+        raise UserError(f"unknown L_mse part(s) {unknown}; parts: {list(MSE_PARTS)}")
     weights = {"ce": cfg.disc_weight}
     if has_teacher:
         weights.update({p: cfg.b1 * cfg.mse_parts.get(p, 0.0) for p in MSE_PARTS})
         weights.update(cos=cfg.b2, kl=cfg.b3)
     elif cfg.b1 or cfg.b2 or cfg.b3:
-        raise ValueError("b1/b2/b3 weight distillation terms, which need a teacher; set them to 0 for "
+        raise UserError("b1/b2/b3 weight distillation terms, which need a teacher; set them to 0 for "
                          "pretraining without a teacher")
     if cfg.train_generator:
         weights["gen_mlm"] = cfg.gen_weight
@@ -70,7 +71,7 @@ def head_activations(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 def tie_generator_embeddings(generator: nn.Module, discriminator: nn.Module) -> None:
     """ELECTRA shares the token (and position, type) embeddings of generator and discriminator."""
     if generator.config.embedding_size != discriminator.config.embedding_size:
-        raise ValueError(f"tied embeddings need equal embedding_size (generator {generator.config.embedding_size},"
+        raise UserError(f"tied embeddings need equal embedding_size (generator {generator.config.embedding_size},"
                          f" discriminator {discriminator.config.embedding_size})")
     generator.electra.embeddings = discriminator.electra.embeddings
     generator.tie_weights()
@@ -86,18 +87,18 @@ class ElectraObjective(Objective):
         if not cfg.train_generator:
             generator.requires_grad_(False)
         if student.config.vocab_size != generator.config.vocab_size:
-            raise ValueError(f"vocab mismatch: generator {generator.config.vocab_size}, "
+            raise UserError(f"vocab mismatch: generator {generator.config.vocab_size}, "
                              f"student {student.config.vocab_size}; they must share a tokenizer")
         s_width = student.config.hidden_size
         self.intermediate = None
         self.proj_out = None
         if teacher is not None:
             if teacher.config.vocab_size != student.config.vocab_size:
-                raise ValueError(f"vocab mismatch between teacher ({teacher.config.vocab_size}) and student "
+                raise UserError(f"vocab mismatch between teacher ({teacher.config.vocab_size}) and student "
                                  f"({student.config.vocab_size}) discriminators")
             t_width = teacher.config.hidden_size
             if "cos" in self.active and s_width != t_width:
-                raise ValueError(f"L_cos needs equal widths (student {s_width}, teacher {t_width}); set b2=0")
+                raise UserError(f"L_cos needs equal widths (student {s_width}, teacher {t_width}); set b2=0")
             self.intermediate = IntermediateLosses(self.active, s_width, t_width, layer_map)
             self.proj_out = nn.Linear(s_width, t_width) if "out" in self.active and s_width != t_width else None
             self.intermediate.attach(student, teacher)

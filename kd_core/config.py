@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
@@ -37,7 +39,7 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=YAML12Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that cannot be applied."""
 
 

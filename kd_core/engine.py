@@ -4,38 +4,38 @@
 (data order, logging, evaluation, checkpoints). accelerate supplies device placement, mixed
 precision (GradScaler for fp16) and DDP; everything else is here, visible.
 
-Data order is a pure function of (seed, step): step k always trains on global batch k of the
-seeded epoch permutations, and each micro-batch's masking RNG is seeded from its position. So a
-resumed run sees exactly the batches an uninterrupted run would, and 1 process with gradient
-accumulation sees the same micro-batches as N processes with the same global batch.
+Every random draw of a step is a pure function of (seed, step): the data order and masks come
+from the sampler (kd_core/sampler.py), and the global RNG (dropout, ELECTRA's generator samples)
+is reseeded before each micro-batch from its position in the run. So a run resumed from any
+checkpoint computes bitwise what the uninterrupted run computes, with dropout on, and no RNG
+state needs saving.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from .checkpoint import (STATE_FILE, atomic_dir, atomic_write_text, commit_dir, newest_checkpoint,
-                         prune_checkpoints, read_state, rng_state, seed_everything, set_rng_state)
+from .checkpoint import CorruptCheckpoint, complete_checkpoints, prune_checkpoints, read_checkpoint, write_checkpoint
+from .files import atomic_dir, atomic_write_text, commit_dir
 from .config import dump_config, flatten, to_dict, yaml_load
-from .metrics_log import MetricsLog
+from .errors import UserError
+from .metrics_log import MetricsLog, StepAggregate
 from .objective import Objective, weighted_total
 from .optim import build_optimizer, build_scheduler, warmup_steps
+from .sampler import MODEL, Collate, GlobalBatchSampler, micro_batch_seed, seeded_loader
 from .student import num_layers
 
-Collate = Callable[[list, torch.Generator], dict]
+EVAL_SEED = 12345  # held-out masks and samples are the same at every evaluation: comparable over time
 
 
 @dataclass
@@ -68,88 +68,25 @@ class TrainConfig:
     teacher_half: bool = False  # keep the frozen teacher's weights in the mixed-precision dtype (bf16/fp16)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced non-finite losses for too many consecutive steps."""
+# what --resume may change, to recover from a blow-up (the change is printed and logged)
+RECOVERY_KEYS = ("train.lr", "train.max_grad_norm", "train.max_steps")
+CHECKPOINT_OBJECTS = ["extras", "optimizer", "scheduler", "scaler"]
 
 
-def batch_seed(seed: int, epoch: int, batch: int, micro: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, batch, micro]).generate_state(1)[0])
-
-
-class GlobalBatchSampler:
-    """Yields this process's micro-batches of (row index, masking seed), global batch by global batch.
-
-    Global batch g of the run is batch g % n_batches of epoch g // n_batches (incomplete tail
-    batches are dropped so every step has the same size). It is split into micro-batches; process
-    r takes micro-batches r, r + world, r + 2*world, ...
-    """
-
-    def __init__(self, n_rows: int, batch_size: int, micro_batch_size: int, rank: int, world: int,
-                 seed: int, start_batch: int = 0, shuffle: bool = True, lengths: np.ndarray | None = None):
-        if batch_size % (micro_batch_size * world):
-            raise ValueError(f"train.batch_size={batch_size} must be a multiple of micro_batch_size "
-                             f"({micro_batch_size}) x processes ({world})")
-        self.n_batches = n_rows // batch_size
-        if self.n_batches == 0:
-            raise ValueError(f"the dataset has {n_rows} rows, fewer than one batch of {batch_size}; "
-                             "lower train.batch_size or give more data")
-        self.n_rows, self.batch_size, self.micro = n_rows, batch_size, micro_batch_size
-        self.rank, self.world, self.seed, self.start, self.shuffle = rank, world, seed, start_batch, shuffle
-        self.lengths = None if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.long)
-        self._epoch, self._order = -1, None
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        """Row order of an epoch. With lengths: shuffled, then sorted by length inside windows of 50
-        batches, cut into batches, and the batches shuffled (DistilBERT-style length grouping)."""
-        if not self.shuffle:
-            return torch.arange(self.n_rows)
-        gen = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.n_rows, generator=gen)
-        if self.lengths is None:
-            return order
-        used = order[:self.n_batches * self.batch_size]
-        window = 50 * self.batch_size
-        chunks = [c[torch.argsort(self.lengths[c], stable=True)] for c in used.split(window)]
-        batches = torch.cat(chunks).view(self.n_batches, self.batch_size)
-        return batches[torch.randperm(self.n_batches, generator=gen)].flatten()
-
-    def __iter__(self):
-        g = self.start
-        while True:
-            epoch, b = divmod(g, self.n_batches)
-            if epoch != self._epoch:
-                self._epoch, self._order = epoch, self.epoch_order(epoch)
-            micro = self._order[b * self.batch_size:(b + 1) * self.batch_size].view(-1, self.micro)
-            for j in range(self.rank, len(micro), self.world):
-                s = batch_seed(self.seed, epoch, b, j)
-                yield [(int(i), s) for i in micro[j]]
-            g += 1
-
-
-class _SeededRows(torch.utils.data.Dataset):
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, key):
-        index, seed = key
-        return self.rows[index], seed
-
-
-class _SeededCollate:
-    def __init__(self, collate: Collate):
-        self.collate = collate
-
-    def __call__(self, items):
-        return self.collate([row for row, _ in items], torch.Generator().manual_seed(items[0][1]))
+class NonFiniteLossError(UserError):
+    """Training produced non-finite losses or gradients for too many consecutive steps."""
 
 
 def count_tokens(batch: dict) -> torch.Tensor:
     if "attention_mask" in batch:
         return batch["attention_mask"].sum()
     return torch.tensor(batch["input_ids"].numel())
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved, current)} for every flattened key whose value differs."""
+    a, b = flatten(saved), flatten(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
 class Engine:
@@ -176,7 +113,7 @@ class Engine:
         acc = self.accelerator
         if train.mixed_precision == "fp16" and acc.device.type == "cpu":
             # accelerate would silently train in fp32 here: refuse instead of a no-op flag
-            raise ValueError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
+            raise UserError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self.objective = objective
@@ -206,34 +143,31 @@ class Engine:
         self.step_count = 0
         self.counts = {"skipped_overflow": 0, "skipped_nonfinite": 0, "consecutive_nonfinite": 0,
                        "tokens_seen": 0}
-        resume_from = newest_checkpoint(self.output_dir) if resume else None
-        if resume and resume_from is None and acc.is_main_process:
-            print(f"--resume: no complete checkpoint in {self.output_dir}; starting from scratch")
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
+        recovered = self.resume() if resume else None
         if acc.is_main_process:
             atomic_write_text(self.output_dir / "config.yaml", dump_config(run_config))
-            self.log = MetricsLog(self.output_dir, resume_step=self.step_count if resume_from else None)
+            self.log = MetricsLog(self.output_dir, resume_step=self.step_count if recovered is not None else None)
             self.log.log_config(to_dict(run_config), dump_config(run_config),
                                 ["loss/total"] + [f"loss/{k}" for k in self.loss_weights])
-
-    # ---- data ---------------------------------------------------------------------------------
-    def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int) -> DataLoader:
-        acc = self.accelerator
-        lengths = rows.lengths() if self.cfg.group_by_length and shuffle else None
-        sampler = GlobalBatchSampler(len(rows), self.cfg.batch_size, self.cfg.micro_batch_size,
-                                     acc.process_index, acc.num_processes, seed, start_batch, shuffle, lengths)
-        return DataLoader(_SeededRows(rows), batch_sampler=sampler, collate_fn=_SeededCollate(self.collate),
-                          num_workers=self.cfg.num_workers, pin_memory=acc.device.type == "cuda",
-                          persistent_workers=False)
+            if recovered:
+                self.log.log_text("resume/changed", "\n".join(f"{k}: {a} -> {b}" for k, (a, b) in recovered.items()),
+                                  self.step_count)
 
     @property
     def accumulation(self) -> int:
         return self.cfg.batch_size // (self.cfg.micro_batch_size * self.accelerator.num_processes)
 
+    def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int):
+        acc = self.accelerator
+        lengths = rows.lengths() if self.cfg.group_by_length and shuffle else None
+        sampler = GlobalBatchSampler(len(rows), self.cfg.batch_size, self.cfg.micro_batch_size,
+                                     acc.process_index, acc.num_processes, seed, start_batch, shuffle, lengths)
+        return seeded_loader(rows, self.collate, sampler, self.cfg.num_workers, acc.device.type == "cuda")
+
     # ---- one optimizer step -------------------------------------------------------------------
     def step(self, micro_batches: list[dict]) -> dict[str, Any]:
-        """Forward/backward over the micro-batches, then one optimizer step (or a counted skip)."""
+        """Forward/backward over the micro-batches, then one optimizer step, or a counted skip when the
+        loss or the gradient is not finite."""
         acc, n = self.accelerator, len(micro_batches)
         self.model.train()
         raw: dict[str, torch.Tensor] = {}
@@ -241,6 +175,8 @@ class Engine:
         total = torch.zeros((), device=acc.device)
         tokens = torch.zeros((), device=acc.device, dtype=torch.long)
         for i, batch in enumerate(micro_batches):
+            torch.manual_seed(micro_batch_seed(self.cfg.seed, self.step_count, acc.process_index + i * acc.num_processes,
+                                               MODEL))
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             sync = contextlib.nullcontext() if i == n - 1 else acc.no_sync(self.model)
             with sync:
@@ -253,20 +189,26 @@ class Engine:
             total += loss.detach() / n
             tokens += count_tokens(batch).to(acc.device)
 
-        finite = torch.isfinite(total).float()
+        out: dict[str, Any] = {"raw": raw, "weighted": weighted, "total": total, "tokens": tokens}
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
+        # fp16: the GradScaler owns inf/NaN gradients (it skips and lowers the scale), so clip only after
+        # the loss check; otherwise clip first and check loss and gradient norm with one host sync
+        scaled = acc.scaler is not None
+        grad_norm = None if scaled else acc.clip_grad_norm_(self.objective.parameters(), max_norm)
+        finite = torch.isfinite(total) if scaled else torch.isfinite(total) & torch.isfinite(grad_norm)
+        finite = finite.float()
         if acc.num_processes > 1:
             finite = acc.reduce(finite, "min")
-        out: dict[str, Any] = {"raw": raw, "weighted": weighted, "total": total, "tokens": tokens}
-        if not bool(finite):  # one host sync per step, needed to decide whether to update
+        if not bool(finite):
             self.optimizer.zero_grad(set_to_none=True)
             self.counts["skipped_nonfinite"] += 1
             self.counts["consecutive_nonfinite"] += 1
-            out["nonfinite_terms"] = sorted(k for k, v in raw.items() if not torch.isfinite(v))
+            bad = sorted(k for k, v in raw.items() if not torch.isfinite(v))
+            out["nonfinite_terms"] = bad or (["total"] if not torch.isfinite(total) else ["grad_norm"])
             self.scheduler.step()
             return out
         self.counts["consecutive_nonfinite"] = 0
-        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
-        out["grad_norm"] = acc.clip_grad_norm_(self.objective.parameters(), max_norm)
+        out["grad_norm"] = acc.clip_grad_norm_(self.objective.parameters(), max_norm) if scaled else grad_norm
         scale_before = self._loss_scale()
         self.optimizer.step()
         # fp16 overflow: the GradScaler skipped the update and lowered the scale. (accelerate's
@@ -283,7 +225,7 @@ class Engine:
         loader = iter(self._loader(self.train_rows, self.step_count, True, cfg.seed))
         bar = tqdm(total=cfg.max_steps, initial=self.step_count, disable=not acc.is_main_process,
                    desc="train", dynamic_ncols=True)
-        interval = _Interval()
+        interval = StepAggregate()
         last_logged: dict[str, float] = {}
         t_last = time.perf_counter()
         try:
@@ -300,7 +242,7 @@ class Engine:
                     last_logged = self._log(interval, now - t_last, lr)
                     bar.set_postfix(loss=f"{last_logged.get('loss/total', float('nan')):.4g}",
                                     tok_s=f"{last_logged['tokens_per_s']:.0f}")
-                    interval, t_last = _Interval(), now
+                    interval, t_last = StepAggregate(), now
                 if self.eval_rows is not None and cfg.eval_every and self.step_count % cfg.eval_every == 0:
                     last_logged.update(self.evaluate())
                 if cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < cfg.max_steps:
@@ -317,7 +259,7 @@ class Engine:
             self.log.close()
         return last_logged
 
-    def _log(self, interval: "_Interval", seconds: float, lr: float) -> dict[str, float]:
+    def _log(self, interval: StepAggregate, seconds: float, lr: float) -> dict[str, float]:
         record = interval.summary(self.accelerator, seconds)
         record.update(lr=lr, epoch=self._epoch(), loss_scale=self._loss_scale())
         record.update({f"skipped/{k.removeprefix('skipped_')}": v for k, v in self.counts.items()
@@ -339,24 +281,27 @@ class Engine:
     def _on_nonfinite(self, terms: list[str]) -> None:
         n, limit = self.counts["consecutive_nonfinite"], self.cfg.max_consecutive_nonfinite
         if self.accelerator.is_main_process:
-            tqdm.write(f"step {self.step_count}: non-finite loss in {terms or ['total']}; step skipped "
-                       f"({n} in a row, limit {limit})")
+            tqdm.write(f"step {self.step_count}: non-finite {terms}; step skipped ({n} in a row, limit {limit})")
         if n >= limit:
+            # skipped steps change nothing, so these parameters are those after the last applied update
             path = self.save_checkpoint()
             raise NonFiniteLossError(
-                f"step {self.step_count}: loss term(s) {terms or ['total']} were non-finite for {n} "
-                f"consecutive steps (train.max_consecutive_nonfinite={limit}). The last good state is "
-                f"saved in {path}; lower train.lr, check the data, or use bf16 instead of fp16, then --resume.")
+                f"step {self.step_count}: {terms} were non-finite for {n} consecutive steps "
+                f"(train.max_consecutive_nonfinite={limit}). The parameters of step {self.step_count - n} "
+                f"(finite; nothing was applied since) are saved in {path}. To continue, check the data or use "
+                f"bf16 instead of fp16, then --resume with e.g. --set train.lr=<lower> or train.max_grad_norm=<lower> "
+                f"(--resume accepts changes to {', '.join(RECOVERY_KEYS)}).")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean of every loss term over the held-out rows (fixed masking seed: comparable over time)."""
+        """Mean of every loss term over the held-out rows (fixed masks and samples: comparable over time)."""
         acc = self.accelerator
         self.model.eval()
         n_batches = min(self.cfg.eval_batches, len(self.eval_rows) // self.cfg.batch_size)
         if n_batches == 0:
             return {}
-        loader = iter(self._loader(self.eval_rows, 0, False, seed=12345))
+        loader = iter(self._loader(self.eval_rows, 0, False, seed=EVAL_SEED))
+        torch.manual_seed(EVAL_SEED)
         sums: dict[str, torch.Tensor] = {}
         count = 0
         for _ in range(n_batches * self.accumulation):
@@ -374,78 +319,86 @@ class Engine:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Student (HF format) + tokenizer, extras, optimizer, scheduler, scaler, RNG of every process,
-        data position and config, written to a temporary directory and renamed when complete."""
+        """Student (HF format) + tokenizer, extras, optimizer, scheduler, scaler, data position and
+        config, written to a temporary directory and renamed when complete (main process)."""
         acc = self.accelerator
         final = self.output_dir / f"checkpoint-{self.step_count}"
-        tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process:
-            atomic_dir(final)
-        acc.wait_for_everyone()
-        torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")
-        if acc.is_main_process:
-            self._save_student(tmp / "student")
-            torch.save(self.objective.extras_state_dict(), tmp / "extras.pt")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            broken = [k for k, v in self.objective.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+            if broken:  # never store a NaN model as a state to resume from
+                raise RuntimeError(f"step {self.step_count}: non-finite values in {broken[:5]}; checkpoint not written")
+            objects = {"extras": self.objective.extras_state_dict(), "optimizer": self.optimizer.state_dict(),
+                       "scheduler": self.scheduler.state_dict()}
             if acc.scaler is not None:
-                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
-            (tmp / "config.yaml").write_text(dump_config(self.run_config))
+                objects["scaler"] = acc.scaler.state_dict()
             state = {"step": self.step_count, "epoch": self._epoch(), "data_position": self.step_count,
                      "world_size": acc.num_processes, **self.counts}
-            # the state file is written last: its presence marks the directory complete
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            commit_dir(tmp, final)
-            prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints)
+            write_checkpoint(final, self.objective.student, self.tokenizer, objects, dump_config(self.run_config),
+                             state)
+            prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints, self.step_count)
         acc.wait_for_everyone()
         return final
 
-    def _save_student(self, path: Path) -> None:
-        self.objective.student.save_pretrained(path)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(path)
-
-    def load_checkpoint(self, path: Path) -> None:
+    def resume(self) -> dict[str, tuple[Any, Any]] | None:
+        """Load the newest checkpoint that reads back, falling back past broken ones (each named).
+        Returns the recovery changes applied (empty if none), or None when there was nothing to resume."""
         acc = self.accelerator
-        state = read_state(path)
-        self._check_same_config(path)
-        student = self.objective.student
-        saved = type(student).from_pretrained(path / "student", dtype=torch.float32)
-        student.load_state_dict(saved.state_dict())
-        extras = torch.load(path / "extras.pt", map_location="cpu")
-        missing, unexpected = self.objective.load_state_dict(extras, strict=False)
-        unexpected = [k for k in unexpected]
+        found = [path for _, path in reversed(complete_checkpoints(self.output_dir))]
+        if not found:
+            if acc.is_main_process:
+                print(f"--resume: no complete checkpoint in {self.output_dir}; starting from scratch")
+            return None
+        broken = []
+        for path in found:
+            try:
+                checkpoint = read_checkpoint(path, type(self.objective.student), CHECKPOINT_OBJECTS)
+            except CorruptCheckpoint as e:
+                broken.append(str(e))
+                if acc.is_main_process:
+                    print(f"warning: --resume skips a broken checkpoint: {e}")
+                continue
+            changes = self._check_config(checkpoint.path, yaml_load(checkpoint.config_yaml))
+            self._apply(checkpoint, changes)
+            if acc.is_main_process:
+                print(f"resumed from {path} at step {self.step_count}"
+                      + "".join(f"; {k}: {a} -> {b}" for k, (a, b) in changes.items()))
+            return changes
+        raise UserError(f"--resume: no checkpoint in {self.output_dir} reads back ({'; '.join(broken)}); "
+                        "start again in a new --output-dir (or with --overwrite)")
+
+    def _check_config(self, path: Path, saved: dict) -> dict[str, tuple[Any, Any]]:
+        """Resuming under a different config would silently mix two runs; only the recovery keys may change."""
+        changes = config_changes(saved, to_dict(self.run_config))
+        refused = sorted(k for k in changes if k not in RECOVERY_KEYS)
+        if refused:
+            raise UserError(f"--resume: the config differs from the checkpoint's in {refused} ({path / 'config.yaml'}); "
+                            f"resume with the saved config (only {', '.join(RECOVERY_KEYS)} may change) "
+                            "or use a new --output-dir")
+        return changes
+
+    def _apply(self, checkpoint, changes: dict[str, tuple[Any, Any]]) -> None:
+        configured_lrs = list(self.scheduler.base_lrs)
+        self.objective.student.load_state_dict(checkpoint.student)
+        missing, unexpected = self.objective.load_state_dict(checkpoint.objects["extras"], strict=False)
         missing = [k for k in missing if not k.startswith(("student.", "teacher."))]
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint {path}: extras do not match the objective "
-                               f"(missing {missing}, unexpected {unexpected})")
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
-        if acc.scaler is not None and (path / "scaler.pt").exists():
-            acc.scaler.load_state_dict(torch.load(path / "scaler.pt"))
-        rng_file = path / f"rng-{acc.process_index}.pt"
-        if rng_file.exists():
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        else:
-            seed_everything(self.cfg.seed + state["step"] + acc.process_index)
-            print(f"warning: {rng_file} missing (process count changed from {state['world_size']}); "
-                  "RNG reseeded, so dropout draws differ from the original run")
+            raise UserError(f"checkpoint {checkpoint.path}: extras do not match the objective "
+                            f"(missing {missing}, unexpected {list(unexpected)}); resume with the config it was saved with")
+        self.optimizer.load_state_dict(checkpoint.objects["optimizer"])
+        self.scheduler.load_state_dict(checkpoint.objects["scheduler"])
+        if self.accelerator.scaler is not None and "scaler" in checkpoint.objects:
+            self.accelerator.scaler.load_state_dict(checkpoint.objects["scaler"])
+        if "train.lr" in changes:  # a new peak lr (per group, as the fresh optimizer set it): same schedule
+            self.scheduler.base_lrs = configured_lrs
+        if changes:  # the schedule's lambdas come from the current config (a new max_steps moves the decay)
+            for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+                group["initial_lr"] = base
+                group["lr"] = base * fn(self.scheduler.last_epoch)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        state = checkpoint.state
         self.step_count = state["step"]
         self.counts.update({k: state[k] for k in self.counts if k in state})
-        if acc.is_main_process:
-            print(f"resumed from {path} at step {self.step_count}")
-
-    def _check_same_config(self, path: Path) -> None:
-        """Resuming under a different config would silently mix two runs; only a longer run is allowed."""
-        saved = flatten(yaml_load((path / "config.yaml").read_text()))
-        current = flatten(to_dict(self.run_config))
-        differ = sorted(k for k in saved.keys() | current.keys()
-                        if saved.get(k) != current.get(k) and not k.endswith("max_steps"))
-        if differ:
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {differ} ({path / 'config.yaml'}); "
-                             "resume with the saved config (only train.max_steps may change) or use a new --output-dir")
+        self.counts["consecutive_nonfinite"] = 0  # a resume is a fresh chance, whatever stopped the run
 
     def save_final(self) -> Path:
         """`final/`: the student in HF format with its tokenizer, loadable by from_pretrained."""
@@ -453,48 +406,10 @@ class Engine:
         final = self.output_dir / "final"
         if acc.is_main_process:
             tmp = atomic_dir(final)
-            self._save_student(tmp)
+            self.objective.student.save_pretrained(tmp)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
             (tmp / "config.yaml").write_text(dump_config(self.run_config))
             commit_dir(tmp, final)
         acc.wait_for_everyone()
         return final
-
-
-class _Interval:
-    """Sums of step outputs between two log lines (device tensors; read once per log line)."""
-
-    def __init__(self):
-        self.raw: dict[str, torch.Tensor] = {}
-        self.weighted: dict[str, torch.Tensor] = {}
-        self.total = 0
-        self.grad_norm = 0
-        self.steps = 0
-        self.tokens = 0
-        self.nonfinite = 0
-
-    def add(self, out: dict) -> None:
-        self.tokens = self.tokens + out["tokens"]
-        if "nonfinite_terms" in out:
-            self.nonfinite += 1
-            return
-        for k, v in out["raw"].items():
-            self.raw[k] = self.raw.get(k, 0) + v
-            self.weighted[k] = self.weighted.get(k, 0) + out["weighted"][k]
-        self.total = self.total + out["total"]
-        self.grad_norm = self.grad_norm + out["grad_norm"].float()
-        self.steps += 1
-
-    def summary(self, acc: Accelerator, seconds: float) -> dict[str, float]:
-        tokens = acc.reduce(torch.as_tensor(self.tokens, device=acc.device), "sum")
-        record: dict[str, float] = {"tokens": int(tokens), "tokens_per_s": float(tokens) / max(seconds, 1e-9)}
-        if self.steps:
-            n = self.steps
-            means = {f"loss/{k}": v / n for k, v in self.raw.items()}
-            means.update({f"weighted/{k}": v / n for k, v in self.weighted.items()})
-            means["loss/total"] = self.total / n
-            means["grad_norm"] = self.grad_norm / n
-            keys = list(means)
-            stacked = acc.reduce(torch.stack([torch.as_tensor(means[k], device=acc.device).float() for k in keys]),
-                                 "mean")
-            record.update({k: float(v) for k, v in zip(keys, stacked.tolist())})
-        return record

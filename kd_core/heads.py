@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from .errors import UserError
 
 IGNORE_INDEX = -100
 
@@ -29,7 +30,7 @@ def mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
     if hasattr(model, "cls"):
         return model.cls
-    raise ValueError(f"no known MLM head for model type '{kind}' ({type(model).__name__}); "
+    raise UserError(f"no known MLM head for model type '{kind}' ({type(model).__name__}); "
                      "add it to kd_core.heads.mlm_head")
 
 

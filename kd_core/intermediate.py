@@ -20,6 +20,7 @@ from torch import nn
 
 from . import losses
 from .layer_map import LayerMap
+from .errors import UserError
 
 TERMS = ("emb", "hid", "att")
 
@@ -45,7 +46,7 @@ class AttentionProbe:
     def __init__(self, model: nn.Module, layers: list[int]):
         config = model.config
         if getattr(config, "position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"L_att supports absolute position embeddings, not '{config.position_embedding_type}'")
+            raise UserError(f"L_att supports absolute position embeddings, not '{config.position_embedding_type}'")
         self.heads = getattr(config, "num_attention_heads", None) or config.n_heads
         self.captured: dict[tuple[int, str], torch.Tensor] = {}
         self.handles = []

@@ -14,6 +14,7 @@ Presets (n_teacher, n_student given):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from .errors import UserError
 
 FIXED = {"distilbert": (12, [0, 2, 4, 7, 9, 11]), "greek": (12, [0, 4, 7, 11])}
 
@@ -44,7 +45,7 @@ def resolve_layer_map(spec: str | list[int] | tuple[int, ...], n_teacher: int, n
         if spec in FIXED:
             needs, layers = FIXED[spec]
             if n_teacher != needs or n_student != len(layers):
-                raise ValueError(f"layer preset '{spec}' is {layers} for a {needs}-layer teacher and "
+                raise UserError(f"layer preset '{spec}' is {layers} for a {needs}-layer teacher and "
                                  f"{len(layers)}-layer student, not {n_teacher} -> {n_student}")
         elif spec == "every_other":
             layers = [round(i * n_teacher / n_student) for i in range(n_student)]
@@ -55,13 +56,13 @@ def resolve_layer_map(spec: str | list[int] | tuple[int, ...], n_teacher: int, n
         elif spec == "last_k":
             layers = list(range(n_teacher - n_student, n_teacher))
         else:
-            raise ValueError(f"unknown layer preset '{spec}'; use every_other, distilbert, greek, first_k, "
+            raise UserError(f"unknown layer preset '{spec}'; use every_other, distilbert, greek, first_k, "
                              "last_k, uniform_last, or a list such as 0,4,7,11")
     else:
         layers = list(spec)
     if len(layers) != n_student:
-        raise ValueError(f"layer map {layers} has {len(layers)} entries for a {n_student}-layer student")
+        raise UserError(f"layer map {layers} has {len(layers)} entries for a {n_student}-layer student")
     bad = [t for t in layers if not 0 <= t < n_teacher]
     if bad:
-        raise ValueError(f"layer map {layers} names layers {bad} outside the teacher's 0..{n_teacher - 1}")
+        raise UserError(f"layer map {layers} names layers {bad} outside the teacher's 0..{n_teacher - 1}")
     return LayerMap(tuple(layers), n_teacher)

@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import Accelerator
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .config import flatten
 
 METRICS_FILE = "metrics.jsonl"
@@ -34,6 +36,9 @@ class MetricsLog:
         for summary in hparams(flat, {name: 0.0 for name in metric_names}):
             self.tb.file_writer.add_summary(summary)
 
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        self.tb.add_text(tag, text, step)
+
     def log(self, step: int, record: dict[str, Any]) -> None:
         record = {"step": step, **record}
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
@@ -58,3 +63,42 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class StepAggregate:
+    """Sums of step outputs between two log lines (device tensors; read once per log line)."""
+
+    def __init__(self):
+        self.raw: dict[str, torch.Tensor] = {}
+        self.weighted: dict[str, torch.Tensor] = {}
+        self.total = 0
+        self.grad_norm = 0
+        self.steps = 0
+        self.tokens = 0
+
+    def add(self, out: dict) -> None:
+        self.tokens = self.tokens + out["tokens"]
+        if "nonfinite_terms" in out:  # a skipped step contributes no loss value
+            return
+        for k, v in out["raw"].items():
+            self.raw[k] = self.raw.get(k, 0) + v
+            self.weighted[k] = self.weighted.get(k, 0) + out["weighted"][k]
+        self.total = self.total + out["total"]
+        self.grad_norm = self.grad_norm + out["grad_norm"].float()
+        self.steps += 1
+
+    def summary(self, acc: Accelerator, seconds: float) -> dict[str, float]:
+        """Means over the interval's applied steps, averaged over processes; tokens summed."""
+        tokens = acc.reduce(torch.as_tensor(self.tokens, device=acc.device), "sum")
+        record: dict[str, float] = {"tokens": int(tokens), "tokens_per_s": float(tokens) / max(seconds, 1e-9)}
+        if self.steps:
+            n = self.steps
+            means = {f"loss/{k}": v / n for k, v in self.raw.items()}
+            means.update({f"weighted/{k}": v / n for k, v in self.weighted.items()})
+            means["loss/total"] = self.total / n
+            means["grad_norm"] = self.grad_norm / n
+            keys = list(means)
+            stacked = acc.reduce(torch.stack([torch.as_tensor(means[k], device=acc.device).float() for k in keys]),
+                                 "mean")
+            record.update({k: float(v) for k, v in zip(keys, stacked.tolist())})
+        return record

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from .errors import UserError
 
 
 class Objective(nn.Module):
@@ -50,10 +51,10 @@ def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]
     except that a weight of 0 needs no term (objectives skip computing switched-off terms)."""
     missing = sorted(set(terms) - set(weights))
     if missing:
-        raise KeyError(f"loss term(s) {missing} have no weight in the config; weights given: {sorted(weights)}")
+        raise UserError(f"loss term(s) {missing} have no weight in the config; weights given: {sorted(weights)}")
     absent = sorted(k for k, w in weights.items() if w != 0 and k not in terms)
     if absent:
-        raise KeyError(f"weights given for loss term(s) {absent} that the objective did not compute; "
+        raise UserError(f"weights given for loss term(s) {absent} that the objective did not compute; "
                        f"it computed {sorted(terms)}")
     weighted = {k: weights[k] * v.float() for k, v in terms.items()}
     total = torch.stack(list(weighted.values())).sum()

@@ -7,6 +7,7 @@ import re
 import torch
 from torch import nn
 from transformers import get_scheduler
+from .errors import UserError
 
 
 def layer_depth(name: str, n_layers: int) -> int:
@@ -48,7 +49,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
 def warmup_steps(total_steps: int, warmup_steps: int, warmup_ratio: float) -> int:
     """Warmup is given as steps or as a ratio of the run, never both."""
     if warmup_steps and warmup_ratio:
-        raise ValueError("give train.warmup_steps or train.warmup_ratio, not both")
+        raise UserError("give train.warmup_steps or train.warmup_ratio, not both")
     return warmup_steps or math.ceil(warmup_ratio * total_steps)
 
 

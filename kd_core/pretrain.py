@@ -11,16 +11,16 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig
+from transformers import AutoModelForMaskedLM, BertConfig
 
-from .checkpoint import seed_everything
-from .cli import run_and_report
+from .cli import add_run_arguments, run_and_report
 from .config import load_config
-from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
-from .engine import Engine, TrainConfig
+from .data import MaskingConfig
+from .engine import TrainConfig
 from .heads import masked_lm_loss
-from .student import load_masked_lm
 from .objective import Objective
+from .run import DataConfig, Job, launch
+from .student import load_masked_lm
 
 
 @dataclass
@@ -32,18 +32,13 @@ class ArchConfig:
     intermediate_size: int = 512
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
 
 
 @dataclass
 class ModelConfig:
     init: str | None = None  # a *ForMaskedLM checkpoint (directory or hub name); empty: random BERT
     arch: ArchConfig = field(default_factory=ArchConfig)
-
-
-@dataclass
-class DataConfig:
-    corpus: str = ""  # a directory prepared by `python -m kd_core.data prepare`
-    tokenizer: str | None = None  # default: model.init, else the tokenizer the corpus was built with
 
 
 @dataclass
@@ -62,54 +57,31 @@ class MaskedLMObjective(Objective):
         return {"mlm": masked_lm_loss(self.student, batch)}
 
 
-def check_compatible(model, tokenizer, max_len: int) -> None:
-    """Vocab and length checks that otherwise surface as CUDA index errors deep in a run."""
-    if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"vocab mismatch: tokenizer '{tokenizer.name_or_path}' has {len(tokenizer)} tokens but "
-                         f"the model's embedding has {model.config.vocab_size}; use the model's own tokenizer")
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and max_len > limit:
-        raise ValueError(f"sequence length {max_len} is over the model's limit of {limit} positions; "
-                         "prepare the corpus with a smaller --max-len")
-
-
-def build_model(cfg: PretrainConfig, tokenizer, max_len: int):
+def build_model(cfg: PretrainConfig, tokenizer):
     if cfg.model.init:
-        model = load_masked_lm(cfg.model.init)
-    else:
-        a = cfg.model.arch
-        model = AutoModelForMaskedLM.from_config(BertConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=max(512, max_len),
-            num_hidden_layers=a.num_hidden_layers, hidden_size=a.hidden_size,
-            num_attention_heads=a.num_attention_heads, intermediate_size=a.intermediate_size,
-            hidden_dropout_prob=a.hidden_dropout_prob, attention_probs_dropout_prob=a.attention_probs_dropout_prob,
-            pad_token_id=tokenizer.pad_token_id))
-    check_compatible(model, tokenizer, max_len)
-    return model
+        return load_masked_lm(cfg.model.init)
+    a = cfg.model.arch
+    return AutoModelForMaskedLM.from_config(BertConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=a.max_position_embeddings,
+        num_hidden_layers=a.num_hidden_layers, hidden_size=a.hidden_size,
+        num_attention_heads=a.num_attention_heads, intermediate_size=a.intermediate_size,
+        hidden_dropout_prob=a.hidden_dropout_prob, attention_probs_dropout_prob=a.attention_probs_dropout_prob,
+        pad_token_id=tokenizer.pad_token_id))
 
 
-def run(cfg: PretrainConfig, output_dir: str, resume: bool = False) -> dict[str, float]:
-    seed_everything(cfg.train.seed)
-    stats = read_stats(cfg.data.corpus)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer or cfg.model.init or stats["tokenizer"])
-    train_rows = open_corpus(cfg.data.corpus, tokenizer, "train")
-    valid_rows = open_corpus(cfg.data.corpus, tokenizer, "valid")
-    model = build_model(cfg, tokenizer, stats["max_len"])
-    collate = MaskingCollator.for_corpus(cfg.masking, tokenizer, cfg.data.corpus)
-    engine = Engine(cfg.train, MaskedLMObjective(model), cfg.loss_weights, train_rows, collate, output_dir,
-                    cfg, tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
-    return engine.fit()
+def run(cfg: PretrainConfig, output_dir: str, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+    def build(tokenizer) -> Job:
+        return Job(MaskedLMObjective(build_model(cfg, tokenizer)), cfg.loss_weights)
+    return launch(cfg, build, output_dir, resume, overwrite, tokenizer_source=cfg.model.init)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kd_core.pretrain", description=__doc__)
-    parser.add_argument("--config", help="YAML config (sections: model, data, masking, train, loss_weights)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    add_run_arguments(parser, "model, data, masking, train, loss_weights")
     args = parser.parse_args(argv)
     return run_and_report(lambda: run(load_config(PretrainConfig, args.config, args.overrides), args.output_dir,
-                                      args.resume), args.output_dir)
+                                      args.resume, args.overwrite), args.output_dir)
+
 
 if __name__ == "__main__":
     sys.exit(main())

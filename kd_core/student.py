@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from .layer_map import LayerMap, resolve_layer_map
+from .errors import UserError
 
 LAYER_KEY = re.compile(r"^(.*\.(?:layer|layers))\.(\d+)\.(.*)$")
 
@@ -82,10 +83,10 @@ def student_config(teacher_config, cfg: StudentConfig):
     heads = cfg.num_attention_heads or teacher_config.num_attention_heads
     inter = cfg.intermediate_size or (teacher_config.intermediate_size * hidden // teacher_config.hidden_size)
     if hidden % heads:
-        raise ValueError(f"student hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+        raise UserError(f"student hidden_size {hidden} is not divisible by num_attention_heads {heads}")
     if cfg.arch == "distilbert":
         if teacher_config.model_type not in ("bert", "distilbert"):
-            raise ValueError(f"student.arch=distilbert needs a BERT teacher, not '{teacher_config.model_type}'")
+            raise UserError(f"student.arch=distilbert needs a BERT teacher, not '{teacher_config.model_type}'")
         return DistilBertConfig(
             vocab_size=teacher_config.vocab_size, max_position_embeddings=teacher_config.max_position_embeddings,
             n_layers=cfg.num_layers, n_heads=heads, dim=hidden, hidden_dim=inter,
@@ -114,7 +115,7 @@ def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: lis
         else:
             skipped.append(key)
     if not picked:
-        raise ValueError("nothing could be copied into the student: the source's parameter names or shapes all "
+        raise UserError("nothing could be copied into the student: the source's parameter names or shapes all "
                          "differ from the student's (another architecture, or a narrower student whose embeddings "
                          "differ too); use student.init=random, or a source of the student's architecture")
     student.load_state_dict(picked, strict=False)
@@ -128,7 +129,7 @@ def load_masked_lm(name_or_path: str, **kwargs) -> nn.Module:
         # fp32 master weights whatever the checkpoint's dtype; mixed precision is autocast's job
         return AutoModelForMaskedLM.from_pretrained(name_or_path, **{"dtype": torch.float32, **kwargs})
     except OSError as e:
-        raise FileNotFoundError(f"cannot load a masked-LM checkpoint from '{name_or_path}': give a local "
+        raise UserError(f"cannot load a masked-LM checkpoint from '{name_or_path}': give a local "
                                 f"directory saved with save_pretrained, or a hub name when online ({e})") from e
 
 
@@ -149,7 +150,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
         report["layers"] = list(layer_map.teacher_layers)
     elif cfg.init == "checkpoint":
         if not cfg.init_checkpoint or len(cfg.init_layers) != cfg.num_layers:
-            raise ValueError("student.init=checkpoint needs student.init_checkpoint and student.init_layers "
+            raise UserError("student.init=checkpoint needs student.init_checkpoint and student.init_layers "
                              f"with {cfg.num_layers} entries (e.g. 0,2,3,5 of a DistilBERT)")
         donor = (model_class or AutoModelForMaskedLM).from_pretrained(cfg.init_checkpoint)
         source = donor.state_dict()
@@ -157,7 +158,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
             source = bert_to_distilbert(source)
         n_donor = num_layers(donor.config)
         if any(not 0 <= i < n_donor for i in cfg.init_layers):
-            raise ValueError(f"student.init_layers {cfg.init_layers} outside the checkpoint's 0..{n_donor - 1}")
+            raise UserError(f"student.init_layers {cfg.init_layers} outside the checkpoint's 0..{n_donor - 1}")
         report["copied"], report["not_copied"] = copy_layers(source, student, cfg.init_layers)
         report["layers"] = list(cfg.init_layers)
     return student, layer_map, report

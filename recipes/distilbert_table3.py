@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM  # noqa: E402
 
-from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.files import atomic_write_text  # noqa: E402
 from kd_core.glue.data import read_tsv  # noqa: E402
 from kd_core.glue.grid import provenance  # noqa: E402
 from kd_core.glue.tasks import get_task  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 from scales import ROOT, recipe_parser, setup_from_args  # noqa: E402
 
 from electra_kd.ablate import AblationConfig, ablate  # noqa: E402
-from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.files import atomic_write_text  # noqa: E402
 from kd_core.config import load_config  # noqa: E402
 
 GRIDS = {"smoke": ("0,1", "1", "1"), "small": ("0,1,2", "0,1,2", "1"), "paper": (None, None, None)}

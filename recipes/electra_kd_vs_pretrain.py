@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from electra_kd.distill import ElectraRunConfig, run  # noqa: E402
-from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.files import atomic_write_text  # noqa: E402
 from kd_core.config import load_config  # noqa: E402
 from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
 from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402

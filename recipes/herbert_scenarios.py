@@ -23,8 +23,9 @@ from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args
 from teachers import build_teacher  # noqa: E402
 
 from bert_kd.distill import DistilConfig, build, run  # noqa: E402
-from kd_core.checkpoint import atomic_dir, commit_dir  # noqa: E402
+from kd_core.files import atomic_dir, commit_dir  # noqa: E402
 from kd_core.config import load_config  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 MLM_ONLY = ["loss_weights={ce: 0.0, mlm: 1.0, cos: 0.0}"]
 # name, init, training (None: none), teacher; the report's Table 1
@@ -39,10 +40,10 @@ def save_untrained(cfg: DistilConfig, path: Path) -> None:
     """The student as built (random or truncated), saved like a trained one: S0 and S2 are fine-tuned as is."""
     if (path / "final" / "config.json").is_file():
         return
-    objective, tokenizer, _ = build(cfg)
+    objective, _ = build(cfg)
     tmp = atomic_dir(path / "final")
     objective.student.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(cfg.data.tokenizer or cfg.teacher).save_pretrained(tmp)
     commit_dir(tmp, path / "final")
 
 

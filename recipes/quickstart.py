@@ -29,7 +29,7 @@ from bert_kd.distill import DistilConfig, run as run_bert_kd  # noqa: E402
 from distilbert_table3 import time_full_pass  # noqa: E402
 from electra_kd.distill import ElectraRunConfig, run as run_electra_kd  # noqa: E402
 from kd_core.assets import fetch_vader  # noqa: E402
-from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.files import atomic_write_text  # noqa: E402
 from kd_core.config import load_config  # noqa: E402
 from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
 from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402

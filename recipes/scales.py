@@ -28,12 +28,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from kd_core.checkpoint import atomic_write_text  # noqa: E402
+from kd_core.files import atomic_write_text  # noqa: E402
 from kd_core.config import load_config  # noqa: E402
 from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
 from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402
 from kd_core.glue.report import markdown_table  # noqa: E402
 from kd_core.glue.tasks import get_task  # noqa: E402
+from kd_core.errors import UserError  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SCALES = ("smoke", "small", "paper")
@@ -152,7 +153,7 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
                                  "examples, 3 epochs, lr 1e-4, batch 32, seed 0, full dev sets")
     if scale == "paper":
         if corpus is None:
-            raise ValueError("--scale paper needs --corpus: prepare one first, e.g. python -m kd_core.data prepare "
+            raise UserError("--scale paper needs --corpus: prepare one first, e.g. python -m kd_core.data prepare "
                              "--tokenizer bert-base-uncased --hf-dataset wikitext --hf-config wikitext-103-raw-v1 "
                              "--output data/wikitext-103-128")
         return Setup(scale, "bert-base-uncased", "google/electra-base-discriminator", "google/electra-base-generator",
@@ -160,7 +161,7 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
                      GridConfig(), teacher_layers=12,
                      description="paper: hub teachers, the recipe configs' budgets, the Greek report's GLUE grid "
                                  "(lr 1e-5/5e-5/1e-4 x batch 16/32 x 3 seeds)")
-    raise ValueError(f"unknown scale '{scale}'; choose one of {', '.join(SCALES)}")
+    raise UserError(f"unknown scale '{scale}'; choose one of {', '.join(SCALES)}")
 
 
 def setup_from_args(args: argparse.Namespace, default_tasks: list[str] | None = None,

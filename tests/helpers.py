@@ -32,8 +32,10 @@ def anon_rss() -> int:
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
-def tiny_bert_teacher(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0):
-    """A random BertForMaskedLM saved with its tokenizer (exercises the real loading path)."""
+def tiny_bert_teacher(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0,
+                      dropout: float = 0.0):
+    """A random BertForMaskedLM saved with its tokenizer (exercises the real loading path). Students
+    copy its config: dropout=0.1 (the BERT default) gives them dropout too."""
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
@@ -42,20 +44,21 @@ def tiny_bert_teacher(directory: Path, tokenizer, layers: int = 4, hidden: int =
                                        num_attention_heads=heads, intermediate_size=hidden * 2,
                                        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
                                        initializer_range=0.2,  # peaked output distributions, not uniform
-                                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+                                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model
 
 
-def tiny_electra(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, embedding: int = 16, seed: int = 0):
+def tiny_electra(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, embedding: int = 16, seed: int = 0,
+                 dropout: float = 0.0):
     """A random ElectraForPreTraining discriminator and a small generator, saved with the tokenizer."""
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
     torch.manual_seed(seed)
     common = dict(vocab_size=len(tokenizer), embedding_size=embedding, max_position_embeddings=64,
-                  pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                  pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                   initializer_range=0.2)
     disc = ElectraForPreTraining(ElectraConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                                                intermediate_size=2 * hidden, **common))

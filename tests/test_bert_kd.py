@@ -17,6 +17,7 @@ from kd_core.data import MaskingCollator, MaskingConfig
 from kd_core.layer_map import resolve_layer_map
 from kd_core.metrics_log import read_metrics
 from kd_core.student import StudentConfig, bert_to_distilbert, build_student
+from kd_core.errors import UserError
 from test_losses import ref_kd_kl
 
 
@@ -47,11 +48,11 @@ def test_layer_map_presets():
     assert resolve_layer_map("uniform_last", 12, 4).teacher_layers == (2, 5, 8, 11)
     assert resolve_layer_map("0,3,5", 6, 3).teacher_layers == (0, 3, 5)
     assert resolve_layer_map("greek", 12, 4).hidden_pairs() == [(1, 1), (2, 5), (3, 8), (4, 12)]
-    with pytest.raises(ValueError, match="for a 12-layer teacher"):
+    with pytest.raises(UserError, match="for a 12-layer teacher"):
         resolve_layer_map("distilbert", 6, 3)
-    with pytest.raises(ValueError, match="outside the teacher"):
+    with pytest.raises(UserError, match="outside the teacher"):
         resolve_layer_map([0, 9], 6, 2)
-    with pytest.raises(ValueError, match="unknown layer preset"):
+    with pytest.raises(UserError, match="unknown layer preset"):
         resolve_layer_map("evry_other", 6, 3)
 
 
@@ -98,7 +99,7 @@ def test_checkpoint_and_random_init(teacher, tmp_path):
     rand, _, report = build_student(teacher, StudentConfig(num_layers=2, init="random"))
     assert "copied" not in report
     assert not torch.equal(_layer(rand, 0).output.dense.weight, _layer(teacher, 0).output.dense.weight)
-    with pytest.raises(ValueError, match="init_layers"):
+    with pytest.raises(UserError, match="init_layers"):
         build_student(teacher, StudentConfig(num_layers=2, init="checkpoint", init_checkpoint=str(donor_dir)))
 
 
@@ -108,7 +109,7 @@ def test_narrow_student_shape_and_init_guard(teacher, tmp_path):
     assert report["copied"] == ["cls.predictions.bias", "cls.predictions.decoder.bias"]  # only the tied vocab bias fits
     donor, _, _ = build_student(teacher, StudentConfig(arch="distilbert", num_layers=2, layers=[0, 1]))
     donor.save_pretrained(tmp_path / "distilbert")
-    with pytest.raises(ValueError, match="nothing could be copied"):  # DistilBERT names into a BERT student
+    with pytest.raises(UserError, match="nothing could be copied"):  # DistilBERT names into a BERT student
         build_student(teacher, StudentConfig(num_layers=2, init="checkpoint", init_checkpoint=str(tmp_path / "distilbert"),
                                              init_layers=[0, 1]))
 
@@ -202,10 +203,10 @@ def test_projections_for_narrow_students_get_gradients(teacher, tiny_tokenizer):
     assert not tiny.student.cls.predictions.transform.dense.weight.requires_grad
     assert tiny.student.cls.predictions.decoder.weight.requires_grad
     assert all(p.requires_grad for p in tiny.student.base_model.parameters())
-    with pytest.raises(ValueError, match="L_cos compares last hidden states"):
+    with pytest.raises(UserError, match="L_cos compares last hidden states"):
         _objective(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, init="random"),
                    {"cos": 1.0})
-    with pytest.raises(KeyError, match="unknown loss term"):
+    with pytest.raises(UserError, match="unknown loss term"):
         _objective(teacher, StudentConfig(num_layers=2), {"cosine": 1.0})
 
 

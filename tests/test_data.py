@@ -16,6 +16,7 @@ from kd_core.data.clean import CleanConfig, Cleaner, non_alnum_share, strip_html
 from kd_core.data.pack import Packer, last_word_cut, pack_documents, segment_rows, word_start_table
 from kd_core.data.sources import read_documents, text_files
 from kd_core.data.store import TokenRows
+from kd_core.errors import UserError
 from kd_core.heads import IGNORE_INDEX
 
 CLS, SEP = 101, 102
@@ -33,7 +34,7 @@ def test_text_formats(tmp_path):
     assert list(read_documents(book, "lines")) == [["First paragraph"], ["wrapped here."], ["Second one."]]
     (tmp_path / "README").write_text("not text")
     assert text_files([tmp_path]) == [book, wiki]
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         text_files([tmp_path / "missing.txt"])
 
 
@@ -155,7 +156,7 @@ def test_tokenizer_mismatch_names_both(tiny_corpus, tmp_path):
     other.save_pretrained(tmp_path / "other")
     from transformers import AutoTokenizer
 
-    with pytest.raises(ValueError, match="tokenizer mismatch") as e:
+    with pytest.raises(UserError, match="tokenizer mismatch") as e:
         open_corpus(tiny_corpus, AutoTokenizer.from_pretrained(tmp_path / "other"))
     assert "other" in str(e.value) and "tokenizer" in str(e.value)
 
@@ -164,11 +165,11 @@ def test_prepare_errors_are_clear(tmp_path, tiny_tokenizer_dir):
     (tmp_path / "t.txt").write_text("some text that is long enough to keep\n")
     cfg = PrepareConfig(tokenizer=str(tiny_tokenizer_dir), inputs=[str(tmp_path / "t.txt")],
                         output=str(tmp_path / "out"), max_len=4096)
-    with pytest.raises(ValueError, match="over the limit"):
+    with pytest.raises(UserError, match="over the limit"):
         prepare(cfg)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
     cfg.max_len, cfg.inputs = 32, [str(tmp_path / "nope.txt")]
-    with pytest.raises(FileNotFoundError, match="nope.txt does not exist"):
+    with pytest.raises(UserError, match="nope.txt does not exist"):
         prepare(cfg)
     assert not (tmp_path / "out").exists()
 
@@ -307,7 +308,7 @@ def test_masking_is_deterministic_per_seed(tiny_tokenizer):
 
 
 def test_bad_masking_config(tiny_tokenizer):
-    with pytest.raises(ValueError, match="must sum to 1"):
+    with pytest.raises(UserError, match="must sum to 1"):
         _collator(tiny_tokenizer, replace=(0.8, 0.1, 0.2))
     with pytest.raises(ValueError, match="needs token counts"):
         _collator(tiny_tokenizer, smoothing=0.7)
@@ -344,5 +345,5 @@ def test_hf_dataset_input_and_parallel_tokenization_agree(tmp_path, tiny_tokeniz
     a, b = TokenRows(tmp_path / "a" / "train"), TokenRows(tmp_path / "b" / "train")
     assert len(a) == len(b) > 10
     assert all(torch.equal(a[i], b[i]) for i in range(len(a)))
-    with pytest.raises(KeyError, match="no column 'text'"):
+    with pytest.raises(UserError, match="no column 'text'"):
         prepare(PrepareConfig(hf_dataset=str(tmp_path / "ds"), output=str(tmp_path / "c"), **common))

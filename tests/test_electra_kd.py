@@ -11,6 +11,7 @@ from kd_core.config import load_config
 from kd_core.data import MaskingCollator, MaskingConfig
 from kd_core.metrics_log import read_metrics
 from kd_core.student import StudentConfig, build_student
+from kd_core.errors import UserError
 from electra_kd import ablate as ablate_module
 from electra_kd.ablate import AblationConfig, ablate, heatmap_svg
 from electra_kd.distill import ElectraRunConfig, run
@@ -146,7 +147,7 @@ def test_embedding_size_and_width_projections(teacher, generator, tiny_tokenizer
     sum(terms.values()).backward()
     for proj in (obj.intermediate.proj_emb, obj.intermediate.proj_hidden, obj.proj_out):
         assert proj.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="L_cos needs equal widths"):
+    with pytest.raises(UserError, match="L_cos needs equal widths"):
         _objective(teacher, generator, student_cfg, ElectraLossConfig(b2=1.0))
 
 
@@ -155,9 +156,9 @@ def test_loss_weights_expand_b1_over_the_mse_parts():
     assert loss_weights(cfg, True) == {"ce": 1.0, "emb": 2.0, "out": 0.0, "hid": 6.0, "att": 2.0, "cos": 0.5, "kl": 0.0}
     assert loss_weights(ElectraLossConfig(b1=0, b2=0, b3=0, train_generator=True, disc_weight=50), False) == \
         {"ce": 50, "gen_mlm": 1.0}
-    with pytest.raises(ValueError, match="need a teacher"):
+    with pytest.raises(UserError, match="need a teacher"):
         loss_weights(ElectraLossConfig(), False)
-    with pytest.raises(KeyError, match="unknown L_mse part"):
+    with pytest.raises(UserError, match="unknown L_mse part"):
         loss_weights(ElectraLossConfig(mse_parts={"embed": 1.0}), True)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from conftest import needs_shared_data
 from helpers import tiny_bert_teacher
+from kd_core.errors import UserError
 from kd_core.glue import grid as grid_module
 from kd_core.glue.data import GlueFormatError, read_tsv
 from kd_core.glue.finetune import FinetuneConfig
@@ -76,9 +77,9 @@ def test_malformed_rows_and_missing_files_are_clear(tmp_path):
     _write(tmp_path / "RTE" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
     with pytest.raises(GlueFormatError, match=r"dev.tsv:2: label 'maybe' is not one of"):
         read_tsv(get_task("rte"), tmp_path, "dev")
-    with pytest.raises(FileNotFoundError, match=r"expected .*QNLI/train.tsv"):
+    with pytest.raises(UserError, match=r"expected .*QNLI/train.tsv"):
         read_tsv(get_task("qnli"), tmp_path, "train")
-    with pytest.raises(KeyError, match="unknown GLUE task"):
+    with pytest.raises(UserError, match="unknown GLUE task"):
         get_task("squad")
 
 
@@ -212,7 +213,7 @@ def test_task_distillation_terms_match_references(tmp_path, tiny_tokenizer):
     for name, value in same(batch).items():
         if name != "hard":
             assert value.item() == pytest.approx(0.0, abs=1e-6), name
-    with pytest.raises(ValueError, match="needs 1"):
+    with pytest.raises(UserError, match="needs 1"):
         TaskDistillObjective(student, teacher, get_task("stsb"), {"pred": 1.0}, TaskDistillConfig())
 
 

@@ -35,7 +35,7 @@ class OverflowOnce(pretrain.MaskedLMObjective):
 
 def test_fp16_overflow_is_skipped_and_counted(tiny_corpus, tiny_tokenizer, tmp_path):
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=6, log_every=1, micro_batch_size=8, mixed_precision="fp16")
-    model = pretrain.build_model(cfg, tiny_tokenizer, 32)
+    model = pretrain.build_model(cfg, tiny_tokenizer)
     rows = open_corpus(tiny_corpus, tiny_tokenizer)
     engine = Engine(cfg.train, OverflowOnce(model, bad_call=3), cfg.loss_weights, rows,
                     MaskingCollator.from_tokenizer(cfg.masking, tiny_tokenizer), tmp_path / "run", cfg,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from kd_core.errors import UserError
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 sys.path.insert(0, str(RECIPES))
 
@@ -45,7 +47,7 @@ def test_greek_table1_paper_scale_assembles_the_report_configs(tmp_path, capsys)
 
     cfg = load_config(DistilConfig, RECIPES / "configs" / "greek_distilbert_init.yaml")
     assert cfg.student.init_checkpoint == "distilbert-base-uncased" and cfg.student.init_layers == [0, 2, 3, 5]
-    with pytest.raises(ValueError, match="needs --corpus"):
+    with pytest.raises(UserError, match="needs --corpus"):
         greek_table1.main(["--scale", "paper", "--output-dir", str(tmp_path), "--dry-run"])
 
 

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from ..cli import exit_code_of
 from .clean import CleanConfig
 from .prepare import PrepareConfig, prepare
 
@@ -37,11 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     clean = CleanConfig(strip_html=not args.pop("no_strip_html"), min_chars=args.pop("min_chars"),
                         max_non_alnum=args.pop("max_non_alnum"), dedup=not args.pop("no_dedup"))
     args["inputs"] = args.pop("input")
-    try:
-        stats = prepare(PrepareConfig(clean=clean, **args))
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    stats: dict = {}
+    if code := exit_code_of(lambda: stats.update(prepare(PrepareConfig(clean=clean, **args)))):
+        return code
     summary = {k: stats[k] for k in ("rows", "tokens", "mean_row_length", "splits", "cleaning",
                                      "wall_seconds", "tokens_per_second")}
     print(json.dumps(summary, indent=1))

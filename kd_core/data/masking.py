@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..heads import IGNORE_INDEX
 from .pack import word_start_table
 
@@ -49,9 +50,10 @@ class MaskingCollator:
     def __init__(self, cfg: MaskingConfig, pad_id: int, mask_id: int, special_ids: list[int],
                  word_start: np.ndarray, token_counts: np.ndarray | None = None):
         if abs(sum(cfg.replace) - 1) > 1e-6:
-            raise ValueError(f"masking.replace={cfg.replace} must sum to 1 (mask, random, keep)")
+            raise UserError(f"masking.replace={cfg.replace} must sum to 1 (mask, random, keep); "
+                            "e.g. [0.8, 0.1, 0.1] as in BERT")
         if not 0 < cfg.mask_prob < 1:
-            raise ValueError(f"masking.mask_prob={cfg.mask_prob} must be in (0, 1)")
+            raise UserError(f"masking.mask_prob={cfg.mask_prob} must be in (0, 1); BERT uses 0.15")
         self.cfg, self.pad_id, self.mask_id = cfg, pad_id, mask_id
         vocab = len(word_start)
         self.special = torch.zeros(vocab, dtype=torch.bool)
@@ -74,7 +76,7 @@ class MaskingCollator:
     @classmethod
     def from_tokenizer(cls, cfg: MaskingConfig, tokenizer, token_counts: np.ndarray | None = None):
         if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
-            raise ValueError(f"tokenizer '{tokenizer.name_or_path}' has no mask or pad token; MLM needs both")
+            raise UserError(f"tokenizer '{tokenizer.name_or_path}' has no mask or pad token; MLM needs both")
         return cls(cfg, tokenizer.pad_token_id, tokenizer.mask_token_id, list(tokenizer.all_special_ids),
                    word_start_table(tokenizer), token_counts)
 

@@ -16,6 +16,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
 
 def last_word_cut(word_start: Sequence[bool], limit: int) -> int:
     """Largest cut <= limit such that tokens[:cut] are whole words (cut is a word start or the end)."""
@@ -32,7 +34,7 @@ class Packer:
 
     def __init__(self, max_len: int, cls_id: int, sep_id: int, min_piece: int = 40):
         if max_len < 3:
-            raise ValueError(f"max_len={max_len} leaves no room for [CLS] text [SEP]")
+            raise UserError(f"max_len={max_len} leaves no room for [CLS] text [SEP]; use at least 3")
         self.max_len, self.cls, self.sep, self.min_piece = max_len, cls_id, sep_id, min_piece
         self.row: list[int] = [cls_id]
 
@@ -88,7 +90,7 @@ def pack_documents(docs: Iterable[tuple[Sequence[int], Sequence[bool]]], max_len
         for ids, ws in docs:
             yield from segment_rows(ids, ws, max_len, cls_id, sep_id)
     else:
-        raise ValueError(f"unknown packing mode '{mode}'; use pack or segments")
+        raise UserError(f"unknown packing mode '{mode}'; use pack or segments")
 
 
 def word_start_table(tokenizer) -> np.ndarray:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError
-from .data import GlueFormatError
+from ..cli import exit_code_of
 from .distill import TaskDistillConfig
 from .finetune import FinetuneConfig
 from .grid import GridConfig, run_grid
@@ -21,6 +20,10 @@ from .tasks import get_task
 
 def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]  # empty: run_grid says what to give, in one line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--label", help="row name in the table (default: the model folder's name)")
     parser.add_argument("--lrs", type=floats, default=[1e-5, 5e-5, 1e-4])
-    parser.add_argument("--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[16, 32])
+    parser.add_argument("--batch-sizes", type=ints, default=[16, 32])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-len", type=int, default=128)
@@ -47,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--hard-weight", type=float, default=0.0, help="weight of the gold-label loss")
     args = parser.parse_args(argv)
-    try:
+    results: dict = {}
+
+    def work() -> None:
         tasks = [get_task(t) for t in args.tasks.split(",") if t]
         finetune = FinetuneConfig(epochs=args.epochs, max_len=args.max_len, warmup_ratio=args.warmup_ratio,
                                   weight_decay=args.weight_decay, layerwise_lr_decay=args.layerwise_lr_decay,
@@ -56,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
                                     hard_weight=args.hard_weight)
         grid = GridConfig(lrs=args.lrs, batch_sizes=args.batch_sizes, seeds=args.seeds, finetune=finetune,
                           teacher=args.teacher, distill=distill)
-        results = run_grid(args.model, tasks, args.glue_dir, grid, args.output_dir,
-                           command="python -m kd_core.glue " + " ".join(argv if argv is not None else sys.argv[1:]),
-                           label=args.label)
-    except (ConfigError, FileNotFoundError, GlueFormatError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        results.update(run_grid(args.model, tasks, args.glue_dir, grid, args.output_dir,
+                                command="python -m kd_core.glue " + " ".join(argv if argv is not None else sys.argv[1:]),
+                                label=args.label))
+
+    if code := exit_code_of(work):
+        return code
     print(open(f"{args.output_dir}/results.md").read())
-    print(f"results: {args.output_dir}/results.json  (GLUE macro {results.get('glue_macro', float('nan')):.2f})")
+    macro = results.get("glue_macro")
+    print(f"results: {args.output_dir}/results.json  (GLUE macro "
+          + (f"{macro:.2f})" if macro is not None else f"{results.get('glue_macro_reason', 'not computed')})"))
     return 0
 
 

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from .tasks import Task
 
 csv.field_size_limit(sys.maxsize)
@@ -18,8 +19,8 @@ class Example:
     label: float  # class index, or the score for STS-B
 
 
-class GlueFormatError(ValueError):
-    """A malformed row, reported with its file and line."""
+class GlueFormatError(UserError):
+    """A malformed row (reported with its file and line), or a file with no examples."""
 
 
 def _label(task: Task, raw: str, where: str) -> float:
@@ -33,16 +34,35 @@ def _label(task: Task, raw: str, where: str) -> float:
     return float(task.labels.index(raw))
 
 
+def tsv_path(task: Task, glue_dir: str | Path, split: str) -> Path:
+    """<glue_dir>/<Task folder>/<split>.tsv, or a UserError naming which level of that layout is missing."""
+    folder = Path(glue_dir) / task.folder
+    path = folder / f"{split}.tsv"
+    layout = (f"(standard GLUE layout: <glue-dir>/{task.folder}/{split}.tsv); fix --glue-dir, or leave it out "
+              "to load nyu-mll/glue from the Hugging Face Hub")
+    if not Path(glue_dir).is_dir():
+        raise UserError(f"GLUE directory {glue_dir} does not exist: expected {path} {layout}")
+    if not folder.is_dir():
+        raise UserError(f"GLUE task {task.name}: no folder {folder}: expected {path} {layout}")
+    if not path.is_file():
+        raise UserError(f"GLUE task {task.name}: expected {path} {layout}")
+    return path
+
+
+def _no_examples(path: Path) -> GlueFormatError:
+    return GlueFormatError(f"{path}: no examples (the file is empty or holds only a header); "
+                           "restore it from the GLUE download")
+
+
 def read_tsv(task: Task, glue_dir: str | Path, split: str) -> list[Example]:
     """Examples of `split` (train, dev, dev_matched, ...) from <glue_dir>/<Task folder>/<split>.tsv."""
-    path = Path(glue_dir) / task.folder / f"{split}.tsv"
-    if not path.is_file():
-        raise FileNotFoundError(f"GLUE task {task.name}: expected {path} (standard GLUE layout: "
-                                f"<glue-dir>/{task.folder}/{split}.tsv); pass --glue-dir, or --hf to load nyu-mll/glue")
+    path = tsv_path(task, glue_dir, split)
     examples = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows) if task.header else None
+        header = next(rows, None) if task.header else None
+        if task.header and header is None:
+            raise _no_examples(path)
         width = len(header) if header else 4
         index = {name: i for i, name in enumerate(header)} if header else {}
         cols = []
@@ -60,6 +80,8 @@ def read_tsv(task: Task, glue_dir: str | Path, split: str) -> list[Example]:
             if len(row) != width:
                 raise GlueFormatError(f"{path}:{line}: expected {width} tab-separated columns, got {len(row)}")
             examples.append(Example(row[a], row[b] if b is not None else None, _label(task, row[y], f"{path}:{line}")))
+    if not examples:  # an empty train split cannot be batched, an empty dev split has no metrics
+        raise _no_examples(path)
     return examples
 
 

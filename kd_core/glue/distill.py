@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import seed_everything
+from ..errors import UserError
 from ..heads import encoder_inputs
 from ..intermediate import IntermediateLosses
 from ..layer_map import resolve_layer_map
@@ -51,11 +52,11 @@ class TaskDistillObjective(Objective):
                  cfg: TaskDistillConfig):
         super().__init__(student, teacher)
         if student.config.vocab_size != teacher.config.vocab_size:
-            raise ValueError(f"vocab mismatch: student {student.config.vocab_size} tokens, teacher "
-                             f"{teacher.config.vocab_size}; distil between models that share a tokenizer")
+            raise UserError(f"vocab mismatch: student {student.config.vocab_size} tokens, teacher "
+                            f"{teacher.config.vocab_size}; distil between models that share a tokenizer")
         if getattr(teacher.config, "num_labels", None) != task.num_labels:
-            raise ValueError(f"the teacher has {teacher.config.num_labels} outputs, task {task.name} needs "
-                             f"{task.num_labels}: give a teacher fine-tuned on {task.name}")
+            raise UserError(f"the teacher has {teacher.config.num_labels} outputs, task {task.name} needs "
+                            f"{task.num_labels}: give a teacher fine-tuned on {task.name}")
         self.task, self.cfg = task, cfg
         self.active = {k for k, w in weights.items() if w}
         layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), num_layers(student.config))

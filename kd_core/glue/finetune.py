@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from ..checkpoint import atomic_dir, commit_dir, seed_everything
 from ..config import load_config
 from ..data import pad_rows
 from ..engine import Engine, TrainConfig
+from ..errors import UserError, one_line
 from ..heads import encoder_inputs
 from ..objective import Objective
 from .data import Example, load_split
@@ -96,8 +97,9 @@ def predict(model: nn.Module, rows: EncodedRows, collate, batch_size: int, devic
         idx = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
         logits = model(**encoder_inputs(batch, model)).logits.float()
-        values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
-        out[idx] = values.cpu().numpy()
+        values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1).float()
+        # argmax would turn NaN logits into a class: keep them NaN so split_metrics sees the divergence
+        out[idx] = torch.where(torch.isfinite(logits).all(-1), values, torch.nan).cpu().numpy()
     return out
 
 
@@ -112,23 +114,50 @@ def train_config(cfg: FinetuneConfig, n_train: int, seed: int) -> TrainConfig:
     return load_config(TrainConfig, overrides=[f"{k}={v}" for k, v in overrides.items()])
 
 
-def load_for_task(model_path: str, task: Task):
+def _load(loader, model_path: str, **kwargs):
+    """`loader.from_pretrained(model_path)`, or a UserError naming the path and the fix."""
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=task.num_labels,
-                                                                   dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except OSError as e:
-        raise FileNotFoundError(f"cannot load '{model_path}' for sequence classification: give a directory "
-                                f"saved with save_pretrained (with its tokenizer), or a hub name ({e})") from e
-    return model, tokenizer
+        return loader.from_pretrained(model_path, **kwargs)
+    except (OSError, ValueError) as e:  # transformers' errors for a missing folder, no config.json, an unknown name
+        found = one_line(e) if Path(model_path).exists() else "no such directory, nor a reachable hub model"
+        raise UserError(f"cannot load model '{model_path}' ({found}): give a directory saved with save_pretrained "
+                        "(with its tokenizer), or a hub name") from e
+
+
+def check_model(model_path: str) -> None:
+    """Before any training: the model's config and its tokenizer load."""
+    _load(AutoConfig, model_path)
+    _load(AutoTokenizer, model_path)
+
+
+def check_positions(model_path: str, max_len: int, examples: list[Example]) -> None:
+    """No input may be longer than the model's position embeddings (it would index past them). Only a
+    max_len over them needs the examples tokenized, and is an error only if one of them is that long."""
+    positions = getattr(_load(AutoConfig, model_path), "max_position_embeddings", None)
+    if not positions or max_len <= positions:
+        return
+    longest = int(encode(_load(AutoTokenizer, model_path), examples, max_len).lengths().max())
+    if longest > positions:
+        raise UserError(f"max_len {max_len} lets through inputs of {longest} tokens, over the {positions} "
+                        f"positions of '{model_path}'; use --max-len {positions} or less")
+
+
+def load_for_task(model_path: str, task: Task):
+    model = _load(AutoModelForSequenceClassification, model_path, num_labels=task.num_labels, dtype=torch.float32)
+    return model, _load(AutoTokenizer, model_path)
+
+
+def load_examples(task: Task, glue_dir: str | None, cache: dict) -> None:
+    """Read the task's train and dev splits into `cache` (keyed (task, split)) unless they are there."""
+    for split in ("train", *task.dev_splits):
+        if (task.name, split) not in cache:
+            cache[(task.name, split)] = load_split(task, split, glue_dir)
 
 
 def task_rows(task: Task, glue_dir: str | None, cfg: FinetuneConfig, tokenizer, cache: dict
               ) -> tuple[EncodedRows, dict[str, tuple[EncodedRows, np.ndarray]]]:
     """Encoded train rows (optionally a fixed subset) and, per dev split, encoded rows and labels."""
-    for split in ("train", *task.dev_splits):
-        if (task.name, split) not in cache:
-            cache[(task.name, split)] = load_split(task, split, glue_dir)
+    load_examples(task, glue_dir, cache)
     train_examples = cache[(task.name, "train")]
     if cfg.max_train_examples and len(train_examples) > cfg.max_train_examples:
         pick = np.random.default_rng(0).permutation(len(train_examples))[:cfg.max_train_examples]

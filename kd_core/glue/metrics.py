@@ -1,18 +1,36 @@
 """GLUE metrics via scikit-learn and scipy, every standard metric per task, and the macro scores."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from ..errors import UserError
 from .tasks import Task
 
 
 SPLIT_SUFFIX = {"dev_matched": "_m", "dev_mismatched": "_mm"}  # MNLI's two dev sets
 
 
+class DivergedError(UserError):
+    """Non-finite predictions or an undefined dev score: the run diverged and its metrics mean nothing."""
+
+
 def split_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray, split: str = "dev") -> dict[str, float]:
     """Every standard metric of one dev split, in percent (as the GLUE leaderboard reports them)."""
+    if bad := int((~np.isfinite(predictions)).sum()):  # NaN predictions would crash sklearn or score as noise
+        raise DivergedError(f"{split}: {bad} of {len(predictions)} predictions are not finite (the model "
+                            "diverged); lower the learning rate")
+    out = _scores(task, predictions, labels, split)
+    if undefined := [m for m, v in out.items() if not math.isfinite(v)]:
+        raise DivergedError(f"{split}: {', '.join(undefined)} undefined as the predictions (or labels) are "
+                            "constant, as after training collapsed; lower the learning rate")
+    return out
+
+
+def _scores(task: Task, predictions: np.ndarray, labels: np.ndarray, split: str) -> dict[str, float]:
     if task.is_regression:
         return {"pearson": 100 * float(pearsonr(predictions, labels)[0]),
                 "spearman": 100 * float(spearmanr(predictions, labels)[0])}
@@ -29,10 +47,17 @@ def combined_score(task: Task, scores: dict[str, float]) -> float:
     return float(np.mean([scores[m] for m in task.metrics]))
 
 
-def glue_macro(combined: dict[str, float]) -> dict[str, float]:
-    """Macro average of the tasks' combined scores, with and without WNLI (over the tasks present)."""
-    out = {"glue_macro": float(np.mean(list(combined.values())))} if combined else {}
-    without = {k: v for k, v in combined.items() if k != "wnli"}
-    if without:
-        out["glue_macro_without_wnli"] = float(np.mean(list(without.values())))
+def glue_macro(combined: dict[str, float | None]) -> dict:
+    """Macro average of the tasks' combined scores, with and without WNLI (over the tasks present).
+
+    A failed task (None: every run diverged) makes each macro that includes it None, with the reason:
+    a mean over fewer tasks would not be comparable with other models' rows."""
+    out: dict = {}
+    without_wnli = [k for k in combined if k != "wnli"]
+    for key, names in (("glue_macro", list(combined)), ("glue_macro_without_wnli", without_wnli)):
+        if names:
+            failed = [k for k in names if combined[k] is None]
+            out[key] = None if failed else float(np.mean([combined[k] for k in names]))
+    if failed := [k for k, v in combined.items() if v is None]:
+        out["glue_macro_reason"] = f"not computed: every run of {', '.join(failed)} diverged"
     return out

@@ -29,14 +29,37 @@ def markdown_table(results: list[dict], references: list[dict] | None = None) ->
             if t not in r["tasks"]:
                 cells.append("–")
                 continue
-            s = r["tasks"][t]["metrics"][m]
+            metrics = r["tasks"][t]["metrics"]
+            if metrics is None:  # every run of the task diverged
+                cells.append("failed")
+                continue
+            s = metrics[m]
             cells.append(f"{s['median']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] else ""))
         macro = r.get("glue_macro")
         lines.append(f"| {r['label']} | " + " | ".join(cells) + (f" | {macro:.1f} |" if macro is not None else " | – |"))
     for ref in references:
         cells = [f"{ref['scores'][t][m]:.1f}" if m in ref["scores"].get(t, {}) else "–" for t, m in cols]
         lines.append(f"| {ref['label']} | " + " | ".join(cells) + " | – |")
-    return "\n".join(lines)
+    notes = [f"- {r['label']}, {note}" for r in results for t, task in r["tasks"].items()
+             if (note := failure_note(t, task))]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def failure_note(task: str, result: dict) -> str | None:
+    """'task rte: 2 of 6 runs diverged (lr0.0001_bs16 seeds 0, 2); ...', or None when every run was finite."""
+    cells = result.get("cells", {})  # results.json files written before failures were recorded have none
+    seeds = {name: [str(f["seed"]) for f in cell["failed"]] for name, cell in cells.items() if cell.get("failed")}
+    if not seeds:
+        return None
+    where = "; ".join(f"{name} seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for name, s in seeds.items())
+    note = f"task {task}: {result['n_failed']} of {result['n_runs']} runs diverged ({where}; errors in results.json)"
+    chosen = result["chosen"]
+    if chosen is None:
+        return note + ": no score, so no GLUE macro that includes it"
+    if chosen in seeds:
+        n_finite = len(cells[chosen]["runs"]) - len(seeds[chosen])
+        return note + f"; the chosen {chosen} is scored over its {n_finite} finite seed(s)"
+    return note
 
 
 def merge_results(paths: list[str | Path], references: list[dict] | None = None) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -51,5 +53,5 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 def get_task(name: str) -> Task:
     key = name.lower().replace("-", "").replace("_", "")
     if key not in TASKS:
-        raise KeyError(f"unknown GLUE task '{name}'; tasks: {', '.join(TASKS)}")
+        raise UserError(f"unknown GLUE task '{name}': give --tasks as a comma-separated list of {', '.join(TASKS)}")
     return TASKS[key]

@@ -1,0 +1,165 @@
+"""The skeleton every training command shares: own the output dir, open the corpus, train, save.
+
+A command (pretrain, bert_kd distill, electra_kd distill) builds its objective and hands it to
+`launch`, which does the rest in one place: an exclusive lock on the output dir for the life of the
+run, refusing a dir that holds another run, the seed, the tokenizer and vocab/length checks, the
+masking collator, the engine, and the models saved beside `final/`.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from torch import nn
+from transformers import AutoTokenizer
+
+from .checkpoint import seed_everything
+from .files import atomic_dir, atomic_write_text, commit_dir
+from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
+from .engine import Engine, TrainConfig
+from .errors import UserError
+from .objective import Objective
+
+LOCK_FILE = ".lock"
+# what a run writes into its output dir: present means the dir holds a run, and --overwrite removes these
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "tb", "final", "student_init.json", "generator")
+RUN_PREFIXES = ("checkpoint-", "final.", "config.yaml.", "metrics.jsonl.")
+
+
+@dataclass
+class DataConfig:
+    corpus: str = ""  # a directory prepared by `python -m kd_core.data prepare`
+    tokenizer: str | None = None  # default: the teacher's (or the model's), else the corpus's own
+
+
+def check_compatible(model: nn.Module, tokenizer, max_len: int) -> None:
+    """Vocab and length checks that otherwise surface as CUDA index errors deep in a run."""
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"vocab mismatch: tokenizer '{tokenizer.name_or_path}' has {len(tokenizer)} tokens but "
+                        f"the model's embedding has {model.config.vocab_size}; use the model's own tokenizer")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_len > limit:
+        raise UserError(f"sequence length {max_len} is over the model's limit of {limit} positions; "
+                        "prepare the corpus with a smaller --max-len")
+
+
+def run_entries(output_dir: Path) -> list[str]:
+    """Names in `output_dir` that a run wrote (empty: the dir holds no run)."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(p.name for p in output_dir.iterdir()
+                  if p.name in RUN_ENTRIES or p.name.startswith(RUN_PREFIXES))
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (read from the environment: creating accelerate's state
+    here, before the engine asks for CPU processes, would fix it as one process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        return lock_path.read_text().strip() or "unknown process"
+    except OSError:
+        return "unknown process"
+
+
+@contextmanager
+def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """Hold an exclusive lock on `output_dir` while the block runs (main process only).
+
+    The lock is a flock, which the kernel drops when its process dies: a killed run never blocks
+    `--resume`. A dir that holds another run is refused unless resumed or overwritten."""
+    out = Path(output_dir)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: resume the run, or overwrite it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} is a file; give a directory")
+    if not is_main_process():
+        yield out
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out} is in use by another run ({_holder(out / LOCK_FILE)}); wait for it to end "
+                            "or use another --output-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                     f"{' '.join(sys.argv)}\n")
+        handle.flush()
+        found = run_entries(out)
+        if found and not resume:
+            if not overwrite:
+                raise UserError(f"{out} already holds a run ({', '.join(found[:4])}); use --resume to continue it, "
+                                "a new --output-dir, or --overwrite to replace it")
+            for name in found:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        yield out
+    finally:
+        handle.close()  # closing releases the flock
+
+
+@dataclass
+class Job:
+    """What a command builds for `launch`: the objective and everything specific to it."""
+    objective: Objective
+    loss_weights: dict[str, float]
+    init_report: dict[str, Any] = field(default_factory=dict)  # how the student was initialised
+    save_beside: dict[str, nn.Module] = field(default_factory=dict)  # saved as <output>/<name> after training
+
+
+def open_tokenizer(data: DataConfig, default_source: str | None):
+    source = data.tokenizer or default_source or read_stats(data.corpus)["tokenizer"]
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise UserError(f"cannot load the tokenizer '{source}': give a directory with tokenizer files "
+                        f"(or a hub name when online) as data.tokenizer ({e})") from e
+
+
+def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path, resume: bool = False,
+           overwrite: bool = False, tokenizer_source: str | None = None) -> dict[str, float]:
+    """Train what `build(tokenizer)` returns on `run_config.data`/`.masking`/`.train`: the whole run of a
+    command. The tokenizer is data.tokenizer, else `tokenizer_source` (the teacher), else the corpus's."""
+    data: DataConfig = run_config.data
+    masking: MaskingConfig = run_config.masking
+    train: TrainConfig = run_config.train
+    if not data.corpus:
+        raise UserError("no corpus: set data.corpus to a directory prepared by `python -m kd_core.data prepare`")
+    with claim_output_dir(output_dir, resume, overwrite) as out:
+        stats = read_stats(data.corpus)
+        tokenizer = open_tokenizer(data, tokenizer_source)
+        seed_everything(train.seed)  # random initialisation of students, projections and new generators
+        job = build(tokenizer)
+        for model in (job.objective.student, job.objective.teacher):
+            if model is not None:
+                check_compatible(model, tokenizer, stats["max_len"])
+        train_rows = open_corpus(data.corpus, tokenizer, "train")
+        valid_rows = open_corpus(data.corpus, tokenizer, "valid")
+        if job.init_report and is_main_process():
+            atomic_write_text(out / "student_init.json", json.dumps(job.init_report, indent=1))
+        collate = MaskingCollator.for_corpus(masking, tokenizer, data.corpus)
+        engine = Engine(train, job.objective, job.loss_weights, train_rows, collate, out, run_config,
+                        tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
+        summary = engine.fit()
+        if engine.accelerator.is_main_process:
+            for name, model in job.save_beside.items():
+                tmp = atomic_dir(out / name)
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                commit_dir(tmp, out / name)
+        return summary

@@ -41,6 +41,12 @@ def resolve_layer_map(spec: str | list[int] | tuple[int, ...], n_teacher: int, n
     """A preset name or an explicit list of 0-based teacher layers -> a checked LayerMap."""
     if isinstance(spec, str) and "," in spec:
         spec = [int(x) for x in spec.split(",")]
+    if n_student < 1:
+        raise UserError(f"student.num_layers={n_student}: a student needs at least one layer")
+    if isinstance(spec, str) and n_student > n_teacher:
+        raise UserError(f"a {n_student}-layer student is deeper than its {n_teacher}-layer teacher: preset "
+                        f"'{spec}' would repeat teacher layers; use student.num_layers <= {n_teacher}, or list the "
+                        "teacher layers to copy explicitly (e.g. student.layers=0,0,1,1)")
     if isinstance(spec, str):
         if spec in FIXED:
             needs, layers = FIXED[spec]

@@ -116,8 +116,21 @@ def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: lis
             skipped.append(key)
     if not picked:
         raise UserError("nothing could be copied into the student: the source's parameter names or shapes all "
-                         "differ from the student's (another architecture, or a narrower student whose embeddings "
-                         "differ too); use student.init=random, or a source of the student's architecture")
+                        "differ from the student's (another architecture, or a narrower student whose embeddings "
+                        "differ too); use student.init=random, or a source of the student's architecture")
+    unfit = [k for k in skipped if LAYER_KEY.match(k) and target[k].is_floating_point()]
+    embeddings_fit = any("word_embeddings" in k for k in picked)
+    if unfit and embeddings_fit:  # e.g. ELECTRA's narrow embedding_size equals a narrow student's width
+        print(f"warning: only the embeddings and head fit the student; its {len(unfit)} layer tensors start random")
+    elif unfit:  # a student "initialised from the teacher" that kept random layers would be a silent lie
+        key = unfit[0]
+        m = LAYER_KEY.match(key)
+        source_key = f"{m.group(1)}.{layers[int(m.group(2))]}.{m.group(3)}"
+        theirs = tuple(source[source_key].shape) if source_key in source else "absent"
+        raise UserError(f"{len(unfit)} of the student's layer tensors do not fit the source's (e.g. {key}: student "
+                        f"{tuple(target[key].shape)}, source {theirs}): a student of another width or shape cannot "
+                        "be initialised from these layers; use student.init=random (narrow students learn through "
+                        "the emb/hid projections) or the source's width")
     student.load_state_dict(picked, strict=False)
     if getattr(student.config, "tie_word_embeddings", True):
         student.tie_weights()
@@ -141,7 +154,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
         student = DistilBertForMaskedLM(config)
     else:
         student = model_class(config) if model_class else AutoModelForMaskedLM.from_config(config)
-    report: dict = {"init": cfg.init}
+    report: dict = {"init": cfg.init, "layer_map": list(layer_map.teacher_layers)}
     if cfg.init == "teacher":
         source = teacher.state_dict()
         if cfg.arch == "distilbert" and teacher.config.model_type == "bert":

@@ -104,9 +104,15 @@ def test_checkpoint_and_random_init(teacher, tmp_path):
 
 
 def test_narrow_student_shape_and_init_guard(teacher, tmp_path):
-    student, _, report = build_student(teacher, StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2))
+    narrow = StudentConfig(num_layers=2, hidden_size=16, num_attention_heads=2, init="random")
+    student, _, report = build_student(teacher, narrow)
     assert student.config.hidden_size == 16 and student.config.intermediate_size == 32
-    assert report["copied"] == ["cls.predictions.bias", "cls.predictions.decoder.bias"]  # only the tied vocab bias fits
+    for width in (16, 64):  # narrower or wider "initialised from the teacher" would keep random layers
+        with pytest.raises(UserError, match=r"layer tensors do not fit.*student \(\d+, \d+\), source \(\d+, \d+\)"
+                                            r".*use student.init=random"):
+            build_student(teacher, StudentConfig(num_layers=2, hidden_size=width, num_attention_heads=2))
+    with pytest.raises(UserError, match="6-layer student is deeper than its 4-layer teacher"):
+        build_student(teacher, StudentConfig(num_layers=6))
     donor, _, _ = build_student(teacher, StudentConfig(arch="distilbert", num_layers=2, layers=[0, 1]))
     donor.save_pretrained(tmp_path / "distilbert")
     with pytest.raises(UserError, match="nothing could be copied"):  # DistilBERT names into a BERT student
@@ -214,7 +220,7 @@ def test_projections_for_narrow_students_get_gradients(teacher, tiny_tokenizer):
 def test_tiny_distillation_decreases_every_term_and_round_trips(teacher_dir, tiny_corpus, tmp_path):
     cfg = load_config(DistilConfig, overrides=[
         f"teacher={teacher_dir}", f"data.corpus={tiny_corpus}", "student.num_layers=2", "student.layers=0,3",
-        "student.hidden_size=16", "student.num_attention_heads=2",
+        "student.hidden_size=16", "student.num_attention_heads=2", "student.init=random",
         "loss_weights.ce=5", "loss_weights.mlm=2", "loss_weights.cos=0", "loss_weights.hid=1",
         "loss_weights.att=1", "loss_weights.emb=1", "train.max_steps=40", "train.batch_size=8",
         "train.micro_batch_size=8", "train.lr=3e-3", "train.log_every=5", "train.warmup_steps=0",
@@ -227,7 +233,7 @@ def test_tiny_distillation_decreases_every_term_and_round_trips(teacher_dir, tin
         assert last < first, f"{term}: {first} -> {last}"
         assert records[0][f"weighted/{term}"] == pytest.approx(cfg.loss_weights[term] * first, rel=1e-5)
     assert "loss/cos" not in records[0]
-    assert json.loads((out / "student_init.json").read_text())["layers"] == [0, 3]
+    assert json.loads((out / "student_init.json").read_text())["layer_map"] == [0, 3]
     mlm = AutoModelForMaskedLM.from_pretrained(out / "final")
     assert mlm.config.num_hidden_layers == 2 and mlm.config.hidden_size == 16
     AutoModelForSequenceClassification.from_pretrained(out / "final", num_labels=3)

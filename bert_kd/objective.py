@@ -26,6 +26,7 @@ from kd_core.heads import IGNORE_INDEX, encoder_inputs, mlm_head
 from kd_core.intermediate import IntermediateLosses
 from kd_core.layer_map import LayerMap, resolve_layer_map
 from kd_core.objective import Objective, freeze_head
+from kd_core.config import out_of_range
 from kd_core.errors import UserError
 
 TERMS = ("ce", "mlm", "cos", "mse_logits", "att", "hid", "emb")
@@ -36,6 +37,9 @@ class DistilLossConfig:
     temperature: float = 2.0
     restrict_ce_to_mask: bool = False
     loss_layers: list[int] | None = None  # teacher layer per student layer for att/hid; None: the init map
+
+    def problems(self) -> list[str]:
+        return out_of_range([(not self.temperature > 0, f"temperature={self.temperature}: give a value > 0")])
 
 
 def hidden_width(model: nn.Module) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
+from kd_core.config import out_of_range
 from kd_core.data import MaskingConfig
 from kd_core.engine import TrainConfig
 from kd_core.errors import UserError
@@ -22,6 +23,10 @@ class GeneratorConfig:
     width_fraction: float = 0.25  # new generator: hidden size = fraction x discriminator's (ELECTRA: 1/4-1/3)
     num_layers: int | None = None  # new generator: default the student's depth
     tie_embeddings: bool = True  # share token/position embeddings with the student (new generators)
+
+    def problems(self) -> list[str]:
+        return out_of_range([(not 0 < self.width_fraction <= 1, f"width_fraction={self.width_fraction}: give a value "
+                                                                 "in (0, 1] (ELECTRA: 1/4 to 1/3)")])
 
 
 @dataclass

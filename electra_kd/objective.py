@@ -29,6 +29,7 @@ from kd_core.layer_map import LayerMap
 from kd_core.objective import Objective
 
 from .rtd import corrupt
+from kd_core.config import out_of_range
 from kd_core.errors import UserError
 
 MSE_PARTS = ("emb", "out", "hid", "att")
@@ -45,6 +46,14 @@ class ElectraLossConfig:
     gen_weight: float = 1.0  # weight of the generator's MLM loss when it is trained
     train_generator: bool = False
     sampling_temperature: float = 1.0
+
+    def problems(self) -> list[str]:
+        weights = {"b1": self.b1, "b2": self.b2, "b3": self.b3, "disc_weight": self.disc_weight,
+                   "gen_weight": self.gen_weight}
+        return out_of_range([(not v >= 0, f"{k}={v}: give a weight >= 0") for k, v in weights.items()] + [
+            (not self.temperature > 0, f"temperature={self.temperature}: give a value > 0"),
+            (not self.sampling_temperature >= 0, f"sampling_temperature={self.sampling_temperature}: give 0 (argmax) or more"),
+        ])
 
 
 def loss_weights(cfg: ElectraLossConfig, has_teacher: bool) -> dict[str, float]:

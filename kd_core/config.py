@@ -132,7 +132,30 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             kwargs[name] = _coerce(value, hints[name], path)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key '{path}'")
-    return cls(**kwargs)
+    return check_ranges(cls(**kwargs), where)
+
+
+def check_ranges(cfg: T, where: str = "") -> T:
+    """Raise for values out of their field's range: a section lists its own in `problems()`, checked
+    recursively, so `train.log_every=0` fails when the config loads, not as a ZeroDivisionError later."""
+    found = list(cfg.problems()) if hasattr(cfg, "problems") else []
+    if found:
+        prefix = f"{where}." if where else ""
+        raise ConfigError("; ".join(f"{prefix}{p}" for p in found))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, f"{where}.{f.name}" if where else f.name)
+        elif isinstance(value, dict) and f.name.endswith("weights"):
+            bad = {k: w for k, w in value.items() if not (isinstance(w, (int, float)) and w >= 0)}
+            if bad:
+                raise ConfigError(f"{where + '.' if where else ''}{f.name}: weights must be numbers >= 0, got {bad}")
+    return cfg
+
+
+def out_of_range(checks: list[tuple[bool, str]]) -> list[str]:
+    """The messages of the checks that hold a problem: `[(not x >= 1, "x=0: give 1 or more"), ...]`."""
+    return [message for bad, message in checks if bad]
 
 
 def to_dict(cfg: Any) -> dict:

@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from .checkpoint import CorruptCheckpoint, complete_checkpoints, prune_checkpoints, read_checkpoint, write_checkpoint
 from .files import atomic_dir, atomic_write_text, commit_dir
-from .config import dump_config, flatten, to_dict, yaml_load
+from .config import check_ranges, dump_config, flatten, out_of_range, to_dict, yaml_load
 from .errors import UserError
 from .metrics_log import MetricsLog, StepAggregate
 from .objective import Objective, weighted_total
@@ -67,6 +67,30 @@ class TrainConfig:
     compile: bool = False  # torch.compile the student's and teacher's encoders (GPU; fixed shapes compile once)
     teacher_half: bool = False  # keep the frozen teacher's weights in the mixed-precision dtype (bf16/fp16)
 
+    def problems(self) -> list[str]:
+        return out_of_range([
+            (not self.max_steps >= 1, f"max_steps={self.max_steps}: give 1 or more"),
+            (not self.batch_size >= 1, f"batch_size={self.batch_size}: give 1 or more sequences"),
+            (not self.micro_batch_size >= 1, f"micro_batch_size={self.micro_batch_size}: give 1 or more"),
+            (not self.lr >= 0, f"lr={self.lr}: give a learning rate >= 0"),
+            (not self.weight_decay >= 0, f"weight_decay={self.weight_decay}: give 0 or more"),
+            (not 0 <= self.adam_beta1 < 1, f"adam_beta1={self.adam_beta1}: give a value in [0, 1)"),
+            (not 0 <= self.adam_beta2 < 1, f"adam_beta2={self.adam_beta2}: give a value in [0, 1)"),
+            (not self.adam_eps > 0, f"adam_eps={self.adam_eps}: give a value > 0"),
+            (not self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps}: give 0 or more"),
+            (not 0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio}: give a value in [0, 1)"),
+            (not self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm}: give 0 (no clipping) or more"),
+            (not self.log_every >= 1, f"log_every={self.log_every}: give 1 or more steps"),
+            (not self.eval_every >= 0, f"eval_every={self.eval_every}: give 0 (at the end) or more steps"),
+            (not self.eval_batches >= 0, f"eval_batches={self.eval_batches}: give 0 or more"),
+            (not self.save_every >= 0, f"save_every={self.save_every}: give 0 (at the end) or more steps"),
+            (not self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints}: give 1 or more"),
+            (not self.max_consecutive_nonfinite >= 1,
+             f"max_consecutive_nonfinite={self.max_consecutive_nonfinite}: give 1 or more"),
+            (not self.num_workers >= 0, f"num_workers={self.num_workers}: give 0 or more"),
+            (not 0 < self.layerwise_lr_decay <= 1, f"layerwise_lr_decay={self.layerwise_lr_decay}: give a value in (0, 1]"),
+        ])
+
 
 # what --resume may change, to recover from a blow-up (the change is printed and logged)
 RECOVERY_KEYS = ("train.lr", "train.max_grad_norm", "train.max_steps")
@@ -100,6 +124,7 @@ class Engine:
                  train_rows: Sequence, collate: Collate, output_dir: str | Path, run_config: Any,
                  tokenizer=None, eval_rows: Sequence | None = None, resume: bool = False):
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
+        check_ranges(train, "train")  # configs built in Python skip the check that loading does
         self.cfg, self.loss_weights = train, dict(loss_weights)
         self.output_dir = Path(output_dir)
         self.run_config, self.tokenizer = run_config, tokenizer

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from .layer_map import LayerMap, resolve_layer_map
+from .config import out_of_range
 from .errors import UserError
 
 LAYER_KEY = re.compile(r"^(.*\.(?:layer|layers))\.(\d+)\.(.*)$")
@@ -34,6 +35,13 @@ class StudentConfig:
     layers: str | list[int] = "every_other"  # teacher layers to copy and imitate: a preset or a 0-based list
     init_checkpoint: str | None = None  # for init=checkpoint: a model whose layers `init_layers` are copied
     init_layers: list[int] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        sizes = {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+                 "num_attention_heads": self.num_attention_heads}
+        return out_of_range([(not self.num_layers >= 1, f"num_layers={self.num_layers}: give 1 or more")] +
+                            [(v is not None and not v >= 1, f"{k}={v}: give 1 or more (or leave it empty)")
+                             for k, v in sizes.items()])
 
 
 # BERT parameter names -> DistilBERT's (HF extract_distilbert.py does the same renaming)

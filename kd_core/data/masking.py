@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import out_of_range
 from ..errors import UserError
 from ..heads import IGNORE_INDEX
 from .pack import word_start_table
@@ -30,6 +31,15 @@ class MaskingConfig:
     whole_word: bool = True
     smoothing: float = 0.0  # 0.7 in HF Distil*; needs token counts
     pad_to_multiple_of: int = 8
+
+    def problems(self) -> list[str]:
+        return out_of_range([
+            (not 0 < self.mask_prob <= 1, f"mask_prob={self.mask_prob}: give a share in (0, 1]"),
+            (len(self.replace) != 3 or not all(p >= 0 for p in self.replace) or abs(sum(self.replace) - 1) > 1e-6,
+             f"replace={self.replace}: give three shares >= 0 (mask, random, keep) that sum to 1"),
+            (not 0 <= self.smoothing <= 1, f"smoothing={self.smoothing}: give a value in [0, 1]"),
+            (not self.pad_to_multiple_of >= 1, f"pad_to_multiple_of={self.pad_to_multiple_of}: give 1 or more"),
+        ])
 
 
 def pad_rows(rows: list[torch.Tensor], pad_id: int, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

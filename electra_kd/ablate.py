@@ -50,7 +50,9 @@ def point_name(b1: float, b2: float, b3: float) -> str:
 
 
 def score_of(results: dict) -> float:
-    """Mean over tasks of the chosen cell's median primary metric."""
+    """Mean over tasks of the chosen cell's median primary metric; NaN (shown as failed) when a task diverged."""
+    if any(t.get("status") == "failed" for t in results["tasks"].values()):
+        return float("nan")
     return statistics.fmean(t["metrics"][t["primary"]]["median"] for t in results["tasks"].values())
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import atomic_dir, atomic_write_text, commit_dir, remove_dir  # noqa: F401 (glue imports it here until moved)
+from .files import atomic_dir, commit_dir, remove_dir
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 T = TypeVar("T")
 
@@ -126,10 +126,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
         if name in data:
-            value = data[name]
-            if isinstance(value, dict) and typing.get_origin(hints[name]) is dict and f.default_factory is not dataclasses.MISSING:
-                value = {**f.default_factory(), **value}  # a mapping given in part keeps the other defaults
-            kwargs[name] = _coerce(value, hints[name], path)
+            kwargs[name] = _coerce(data[name], hints[name], path)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key '{path}'")
     return check_ranges(cls(**kwargs), where)
@@ -177,41 +174,78 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of `data` with each `a.b.c=value` override set (sections created as needed)."""
+def _section(tp: Any) -> type | None:
+    """The dataclass a field holds (a config section), or None for a value (a dict of weights included)."""
+    for candidate in (tp, *typing.get_args(tp)):
+        if _is_dataclass_type(candidate):
+            return candidate
+    return None
+
+
+def _field_types(cls: type | None) -> dict[str, Any]:
+    return typing.get_type_hints(cls) if cls is not None else {}
+
+
+def defaults_data(cls: type) -> dict:
+    """The defaults of `cls` as plain data (fields without a default are left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            continue
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return yaml.safe_load(yaml.safe_dump(out))  # a deep copy as plain data
+
+
+def merge_given(cls: type | None, data: dict, given: dict) -> dict:
+    """`given` over `data`: a section merges key by key; any other value, a mapping of weights included,
+    replaces the default (a given `{att: 1}` means att alone, not att on top of the defaults)."""
+    out = dict(data)
+    types_ = _field_types(cls)
+    for key, value in given.items():
+        section = _section(types_.get(key))
+        if section is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_given(section, out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
+    """A copy of `data` with each `a.b.c=value` set. A dotted key into a mapping sets that one key
+    (`loss_weights.att=1` adds att to the weights); a mapping given whole replaces (`loss_weights={att: 1}`)."""
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node, node_cls = data, cls
         for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
                 raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
-        node[path[-1]] = value
+            node, node_cls = child, _section(_field_types(node_cls).get(part))
+        node.update(merge_given(node_cls, node, {path[-1]: value}))
     return data
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> T:
-    """Load `cls` from YAML at `path` (optional) layered over `base`, then apply overrides."""
-    data = dict(base or {})
+    """Load `cls`: its defaults, then `base`, then the YAML at `path`, then the overrides."""
+    data = merge_given(cls, defaults_data(cls), base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml_load(path.read_text()) or {}
+        try:
+            loaded = yaml_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {one_line(e)}") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        data = _deep_merge(data, loaded)
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+        data = merge_given(cls, data, loaded)
+    return from_dict(cls, apply_overrides(data, overrides or [], cls))
 
 
 def dump_config(cfg: Any) -> str:

@@ -308,14 +308,17 @@ class Engine:
         if self.accelerator.is_main_process:
             tqdm.write(f"step {self.step_count}: non-finite {terms}; step skipped ({n} in a row, limit {limit})")
         if n >= limit:
+            stopped = (f"step {self.step_count}: {terms} were non-finite for {n} consecutive steps "
+                       f"(train.max_consecutive_nonfinite={limit}).")
+            if not (self.cfg.save_at_end or self.cfg.save_every):  # a fine-tuning cell: nothing to resume
+                raise NonFiniteLossError(f"{stopped} Lower the learning rate or check the data.")
             # skipped steps change nothing, so these parameters are those after the last applied update
             path = self.save_checkpoint()
             raise NonFiniteLossError(
-                f"step {self.step_count}: {terms} were non-finite for {n} consecutive steps "
-                f"(train.max_consecutive_nonfinite={limit}). The parameters of step {self.step_count - n} "
-                f"(finite; nothing was applied since) are saved in {path}. To continue, check the data or use "
-                f"bf16 instead of fp16, then --resume with e.g. --set train.lr=<lower> or train.max_grad_norm=<lower> "
-                f"(--resume accepts changes to {', '.join(RECOVERY_KEYS)}).")
+                f"{stopped} The parameters of step {self.step_count - n} (finite; nothing was applied since) are "
+                f"saved in {path}. To continue, check the data or use bf16 instead of fp16, then --resume with e.g. "
+                f"--set train.lr=<lower> or train.max_grad_norm=<lower> (--resume accepts changes to "
+                f"{', '.join(RECOVERY_KEYS)}).")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(evaluate_on_glue(str(out / name / "final"), s, out / name, label))
     if args.dry_run:
         return 0
+    failed = [label for (label, *_), r in zip(ROWS, results) if r["glue_macro"] is None]
+    if failed:  # a diverged row has no score: report it, never rank it
+        print(f"rows with a failed GLUE task (see their results.json): {', '.join(failed)}; no table written")
+        return 1
     reference = results[0]["glue_macro"]
     lines = ["| ablation | our GLUE macro | our change | paper's change (quoted) |", "|---|---|---|---|"]
     for (label, _, _, quoted), r in zip(ROWS, results):

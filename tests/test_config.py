@@ -63,7 +63,25 @@ def test_overrides_apply_with_types(tmp_path):
     assert cfg.steps == 7 and cfg.flag is True
     assert cfg.inner.lr == pytest.approx(1e-4)  # YAML reads 1e-4 as a string; coerced to float
     assert cfg.inner.layers == [0, 4, 7, 11]
-    assert cfg.weights == {"ce": 1.0, "kl": 0.5}  # a mapping given in part keeps the other defaults
+    assert cfg.weights == {"ce": 1.0, "kl": 0.5}  # a dotted key sets one key of the default mapping
+
+
+def test_a_mapping_given_whole_replaces_the_default(tmp_path):
+    """An ablation must run what it says: {kl: 0.5} is kl alone, not kl on top of the default ce."""
+    assert load_config(Outer, overrides=["weights={kl: 0.5}"]).weights == {"kl": 0.5}
+    path = tmp_path / "c.yaml"
+    path.write_text("weights: {kl: 0.5}\ninner: {lr: 0.1}\n")
+    cfg = load_config(Outer, path)
+    assert cfg.weights == {"kl": 0.5}
+    assert cfg.inner.lr == 0.1 and cfg.inner.layers == [0, 1]  # a section still merges key by key
+    assert load_config(Outer, path, ["weights.ce=2"]).weights == {"kl": 0.5, "ce": 2.0}
+
+
+def test_malformed_yaml_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(Outer, path)
 
 
 def test_type_errors_name_the_key():

@@ -90,20 +90,28 @@ def test_no_checkpoint_reads_back_is_one_clear_error(tiny_corpus, tmp_path):
 
 
 def test_a_second_run_on_the_same_dir_fails_at_once_and_the_first_keeps_everything(tiny_corpus, tmp_path):
-    config = write_config(tiny_pretrain_config(tiny_corpus, max_steps=300, log_every=10, save_every=100), tmp_path / "c.yaml")
+    config = write_config(tiny_pretrain_config(tiny_corpus, max_steps=100_000, log_every=10, save_every=50),
+                          tmp_path / "c.yaml")
     out = tmp_path / "run"
     first = subprocess.Popen(_cmd(config, out), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (out / "metrics.jsonl").exists():
-        assert first.poll() is None and time.time() < deadline, "the first run never started training"
+    while not complete_checkpoints(out):
+        assert first.poll() is None and time.time() < deadline, "the first run never wrote a checkpoint"
         time.sleep(0.05)
-    second = subprocess.run(_cmd(config, out, "--resume"), env=_env(), cwd=ROOT, capture_output=True, text=True)
-    assert second.returncode == 2
-    assert second.stderr.strip().startswith("error: ") and "Traceback" not in second.stderr
-    assert f"is in use by another run (pid {first.pid} on" in second.stderr
-    assert first.wait(timeout=300) == 0, first.stderr.read().decode()[-2000:]
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "lr" in r] == list(range(10, 301, 10))
-    assert "max_steps: 300" in (out / "config.yaml").read_text()
+    for extra in (["--resume"], ["--overwrite"], []):  # --overwrite must not delete a live run either
+        second = subprocess.run(_cmd(config, out, *extra), env=_env(), cwd=ROOT, capture_output=True, text=True)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.strip().startswith("error: ") and "Traceback" not in second.stderr
+        assert f"is in use by another run (pid {first.pid} on" in second.stderr
+    assert first.poll() is None, "the first run must survive the attempts"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    last = complete_checkpoints(out)[-1][0]
+    resumed = subprocess.run(_cmd(config, out, "--resume", "--set", f"train.max_steps={last + 20}"), env=_env(),
+                             cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "lr" in r] == list(range(10, last + 21, 10))
+    assert f"max_steps: {last + 20}" in (out / "config.yaml").read_text()
 
 
 def test_a_killed_runs_lock_does_not_block_resume(tiny_corpus, tmp_path):

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from ..checkpoint import atomic_dir, commit_dir, seed_everything
+from ..checkpoint import seed_everything
+from ..files import atomic_dir, commit_dir
 from ..config import load_config
 from ..data import pad_rows
 from ..engine import Engine, TrainConfig

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..checkpoint import atomic_write_text
+from ..files import atomic_write_text
 from ..engine import NonFiniteLossError
 from ..errors import UserError, one_line
 from .distill import TaskDistillConfig, distill_and_evaluate

@@ -104,7 +104,7 @@ def main() -> None:
         objective = DistillationObjective(student, teacher, layer_map, WEIGHTS,
                                           DistilLossConfig(temperature=2.0, restrict_ce_to_mask=restrict))
         train = load_config(TrainConfig, overrides=[f"batch_size={args.batch}", f"micro_batch_size={args.batch}"])
-        engine = Engine(train, objective, WEIGHTS, [], lambda rows, g: {}, f"/tmp/bench_bert_kd/{restrict}",
+        engine = Engine(train, objective, [], lambda rows, g: {}, f"/tmp/bench_bert_kd/{restrict}",
                         train)
         cpu_batch = {k: v.cpu() for k, v in batch.items()}
         rows[label] = time_steps(lambda: engine.step([cpu_batch]), args.steps, sync)

@@ -133,10 +133,10 @@ def electra_models():
 OURS_OPTIONS: list[str] = []  # extra TrainConfig overrides for "ours" (--ours-set), e.g. compile=true
 
 
-def engine_for(objective, weights, precision, batch_size):
+def engine_for(objective, precision, batch_size):
     train = load_config(TrainConfig, overrides=[f"batch_size={batch_size}", f"micro_batch_size={batch_size}",
                                                 f"mixed_precision={precision}", "max_grad_norm=1.0", *OURS_OPTIONS])
-    return Engine(train, objective, weights, [], lambda rows, g: {}, f"/tmp/bench_throughput/{id(objective)}", train)
+    return Engine(train, objective, [], lambda rows, g: {}, f"/tmp/bench_throughput/{id(objective)}", train)
 
 
 def run_case(kind: str, seq: int, precision: str, steps: int, tokens_per_step: int) -> list[dict]:
@@ -176,7 +176,7 @@ def run_case(kind: str, seq: int, precision: str, steps: int, tokens_per_step: i
             teacher, student, layer_map = bert_models()
             obj = DistillationObjective(student, teacher, layer_map, {"ce": 5.0, "mlm": 2.0, "cos": 1.0},
                                         DistilLossConfig(temperature=2.0, restrict_ce_to_mask=restrict))
-            engine = engine_for(obj, {"ce": 5.0, "mlm": 2.0, "cos": 1.0}, precision, batch_size)
+            engine = engine_for(obj, precision, batch_size)
             positions = n_masked if restrict else tokens
             heads = 2 * HIDDEN * VOCAB * positions + 6 * HIDDEN * VOCAB * positions
             torch.cuda.reset_peak_memory_stats()
@@ -206,7 +206,7 @@ def run_case(kind: str, seq: int, precision: str, steps: int, tokens_per_step: i
             cfg = ElectraLossConfig(b1=1.0, b2=1.0, b3=1.0, mse_parts={"emb": 1.0, "out": 1.0, "hid": 1.0, "att": att})
             weights = loss_weights(cfg, True)
             obj = ElectraObjective(student, generator, weights, cfg, teacher, layer_map)
-            engine = engine_for(obj, weights, precision, batch_size)
+            engine = engine_for(obj, precision, batch_size)
             torch.cuda.reset_peak_memory_stats()
             record(label, timed(lambda: engine.step([batch]), steps), base + gen_head_masked)
             del engine, obj

@@ -37,5 +37,5 @@ def build(cfg: DistilConfig) -> tuple[DistillationObjective, dict]:
 def run(cfg: DistilConfig, output_dir: str, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
     def job(tokenizer) -> Job:
         objective, report = build(cfg)
-        return Job(objective, cfg.loss_weights, init_report=report)
+        return Job(objective, init_report=report)
     return launch(cfg, job, output_dir, resume, overwrite, tokenizer_source=cfg.teacher)

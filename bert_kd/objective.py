@@ -49,11 +49,10 @@ def hidden_width(model: nn.Module) -> int:
 class DistillationObjective(Objective):
     def __init__(self, student: nn.Module, teacher: nn.Module, layer_map: LayerMap, weights: dict[str, float],
                  cfg: DistilLossConfig):
-        super().__init__(student, teacher)
+        super().__init__(student, teacher, weights)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             raise UserError(f"unknown loss term(s) {unknown} in loss_weights; bert_kd terms: {list(TERMS)}")
-        self.active = {k for k, w in weights.items() if w != 0}
         if len(student.get_input_embeddings().weight) != len(teacher.get_input_embeddings().weight):
             raise UserError(f"vocab mismatch: student has {len(student.get_input_embeddings().weight)} tokens, "
                              f"teacher {len(teacher.get_input_embeddings().weight)}; they must share a tokenizer")

@@ -5,7 +5,7 @@ python -m electra_kd ablate --grid recipes/configs/electra_ablation.yaml --outpu
 The grid file names a base run config, the values of b1, b2, b3 to cross, and the GLUE settings.
 Resumable at every level: a finished run (its final/ exists) is not trained again, an interrupted
 one continues from its newest checkpoint, and the GLUE grid loads finished fine-tuning runs.
-Writes ablation.json, ablation.md, heatmap.svg (primary GLUE score over b1 x b2, one panel per b3)
+Writes ablation.json, ablation.md, heatmap.png (primary GLUE score over b1 x b2, one panel per b3)
 and TensorBoard hparams under tb/ so the runs compare side by side.
 """
 from __future__ import annotations
@@ -16,12 +16,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_core.files import atomic_write_text
 from kd_core.config import load_config, to_dict
+from kd_core.files import atomic_write_text
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.tasks import get_task
 from kd_core.metrics_log import read_metrics
+from kd_core.plot import heatmap
 
 from .distill import ElectraRunConfig, run
 
@@ -56,6 +57,20 @@ def score_of(results: dict) -> float:
     return statistics.fmean(t["metrics"][t["primary"]]["median"] for t in results["tasks"].values())
 
 
+def score_std(results: dict) -> float | None:
+    """Standard deviation over fine-tuning seeds of the per-seed mean primary metric (None: one seed or a failure)."""
+    per_task = []
+    for t in results["tasks"].values():
+        if t.get("status") == "failed":
+            return None
+        runs = [r for r in t["cells"][t["chosen"]]["runs"] if r.get("status", "ok") == "ok"]
+        per_task.append([r["metrics"][t["primary"]] for r in runs])
+    seeds = {len(v) for v in per_task}
+    if len(seeds) != 1 or seeds.pop() < 2:
+        return None
+    return statistics.stdev(statistics.fmean(values) for values in zip(*per_task))
+
+
 def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log=print) -> dict:
     run_dir = out / point_name(*b)
     run_cfg = load_config(ElectraRunConfig, base=to_dict(cfg.base),
@@ -70,11 +85,12 @@ def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log
                     GridConfig(lrs=g.lrs, batch_sizes=g.batch_sizes, seeds=g.seeds, finetune=g.finetune),
                     run_dir / "glue", label=point_name(*b))
     train = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss/total" in r]
-    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/ce" in r]
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/rtd" in r]
     return {"b1": b[0], "b2": b[1], "b3": b[2], "run_dir": str(run_dir), "score": score_of(glue),
-            "glue": {name: {m: s["median"] for m, s in t["metrics"].items()} for name, t in glue["tasks"].items()},
+            "score_std": score_std(glue),
+            "glue": {name: {m: s["median"] for m, s in (t["metrics"] or {}).items()} for name, t in glue["tasks"].items()},
             "final_train_losses": {k: v for k, v in train[-1].items() if k.startswith("loss/")} if train else {},
-            "final_eval_ce": evals[-1]["eval/loss/ce"] if evals else None}
+            "final_eval_rtd": evals[-1]["eval/loss/rtd"] if evals else None}
 
 
 def write_hparams(out: Path, point: dict) -> None:
@@ -83,43 +99,9 @@ def write_hparams(out: Path, point: dict) -> None:
     name = point_name(point["b1"], point["b2"], point["b3"])
     with SummaryWriter(str(out / "tb" / name)) as w:
         metrics = {"glue/score": point["score"]}
-        if point["final_eval_ce"] is not None:
-            metrics["eval/rtd_ce"] = point["final_eval_ce"]
+        if point["final_eval_rtd"] is not None:
+            metrics["eval/loss/rtd"] = point["final_eval_rtd"]
         w.add_hparams({"b1": point["b1"], "b2": point["b2"], "b3": point["b3"]}, metrics, run_name=".")
-
-
-def heatmap_svg(points: list[dict], title: str) -> str:
-    """Primary score over (b1 rows, b2 columns), one panel per b3 value; plain SVG, no plotting library."""
-    b1s = sorted({p["b1"] for p in points})
-    b2s = sorted({p["b2"] for p in points})
-    b3s = sorted({p["b3"] for p in points})
-    scores = [p["score"] for p in points]
-    lo, hi = min(scores), max(scores)
-    cell, pad, top = 64, 60, 50
-    panel_w = pad + cell * len(b2s) + 30
-    width, height = panel_w * len(b3s) + 20, top + pad + cell * len(b1s) + 20
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="12"><text x="10" y="20" font-size="14">{title}</text>']
-    by_key = {(p["b1"], p["b2"], p["b3"]): p["score"] for p in points}
-    for k, b3 in enumerate(b3s):
-        x0 = 10 + k * panel_w
-        parts.append(f'<text x="{x0 + pad}" y="{top - 8}">b3 = {b3:g} (columns: b2, rows: b1)</text>')
-        for j, b2 in enumerate(b2s):
-            parts.append(f'<text x="{x0 + pad + j * cell + cell / 2}" y="{top + 12}" text-anchor="middle">{b2:g}</text>')
-        for i, b1 in enumerate(b1s):
-            y = top + 20 + i * cell
-            parts.append(f'<text x="{x0 + pad - 8}" y="{y + cell / 2 + 4}" text-anchor="end">{b1:g}</text>')
-            for j, b2 in enumerate(b2s):
-                value = by_key.get((b1, b2, b3))
-                if value is None:
-                    continue
-                t = (value - lo) / (hi - lo) if hi > lo else 0.5
-                color = f"rgb({int(255 - 200 * t)},{int(255 - 120 * t)},{int(255 - 40 * t)})"
-                x = x0 + pad + j * cell
-                parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color}" stroke="#333"/>')
-                parts.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle">{value:.1f}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
 
 
 def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=print) -> list[dict]:
@@ -135,14 +117,16 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
     lines = ["| b1 | b2 | b3 | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols)
              + " | final train L_ce (RTD) | held-out L_ce (RTD) |", "|" + "---|" * (len(metric_cols) + 6)]
     for p in points:
-        losses = [p["final_train_losses"].get("loss/ce"), p["final_eval_ce"]]
+        losses = [p["final_train_losses"].get("loss/rtd"), p["final_eval_rtd"]]
         loss_text = " | ".join(f"{x:.4f}" if x is not None else "–" for x in losses)
-        lines.append(f"| {p['b1']:g} | {p['b2']:g} | {p['b3']:g} | {p['score']:.2f} | "
-                     + " | ".join(f"{p['glue'][t][m]:.2f}" for t, m in metric_cols) + f" | {loss_text} |")
+        score = f"{p['score']:.2f}" + (f" ± {p['score_std']:.2f}" if p["score_std"] else "")
+        lines.append(f"| {p['b1']:g} | {p['b2']:g} | {p['b3']:g} | {score} | "
+                     + " | ".join(f"{p['glue'][t][m]:.2f}" if m in p["glue"][t] else "failed" for t, m in metric_cols)
+                     + f" | {loss_text} |")
     table = "\n".join(lines)
     atomic_write_text(out / "ablation.md", f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks})\n\n"
                       + table + "\n")
     atomic_write_text(out / "ablation.json", json.dumps({"points": points, "config": to_dict(cfg),
                                                          "provenance": provenance(command)}, indent=1))
-    atomic_write_text(out / "heatmap.svg", heatmap_svg(points, f"GLUE dev score ({tasks}) over b1 x b2 x b3"))
+    heatmap(points, out / "heatmap.png", f"GLUE dev score ({tasks}) over b1 x b2 x b3")
     return points

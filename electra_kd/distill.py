@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
 from kd_core.config import out_of_range
@@ -12,7 +11,7 @@ from kd_core.data import MaskingConfig
 from kd_core.engine import TrainConfig
 from kd_core.errors import UserError
 from kd_core.run import DataConfig, Job, launch
-from kd_core.student import StudentConfig, build_student
+from kd_core.student import StudentConfig, build_student, load_complete
 
 from .objective import ElectraLossConfig, ElectraObjective, loss_weights, tie_generator_embeddings
 
@@ -40,14 +39,6 @@ class ElectraRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def load_discriminator(path: str) -> ElectraForPreTraining:
-    try:
-        return ElectraForPreTraining.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
-        raise UserError(f"cannot load an ELECTRA discriminator from '{path}': give a directory saved "
-                                f"with save_pretrained or a hub name such as google/electra-base-discriminator ({e})") from e
-
-
 def new_generator(student: ElectraForPreTraining, cfg: GeneratorConfig) -> ElectraForMaskedLM:
     s = student.config
     heads = max(1, s.num_attention_heads // round(1 / cfg.width_fraction))
@@ -65,10 +56,10 @@ def new_generator(student: ElectraForPreTraining, cfg: GeneratorConfig) -> Elect
 def build(cfg: ElectraRunConfig) -> Job:
     if not cfg.teacher:
         raise UserError("no teacher: set `teacher:` (an ELECTRA discriminator; it also gives the student its shape)")
-    teacher = load_discriminator(cfg.teacher)
+    teacher = load_complete(ElectraForPreTraining, cfg.teacher, "ELECTRA discriminator (teacher)")
     student, layer_map, report = build_student(teacher, cfg.student, model_class=ElectraForPreTraining)
     if cfg.generator.path:
-        generator = ElectraForMaskedLM.from_pretrained(cfg.generator.path, dtype=torch.float32)
+        generator = load_complete(ElectraForMaskedLM, cfg.generator.path, "ELECTRA generator")
     else:
         generator = new_generator(student, cfg.generator)
         if not cfg.loss.train_generator:
@@ -77,7 +68,7 @@ def build(cfg: ElectraRunConfig) -> Job:
     weights = loss_weights(cfg.loss, distilling)
     objective = ElectraObjective(student, generator, weights, cfg.loss, teacher if distilling else None, layer_map)
     # the generator is saved beside the student, for reuse as a frozen one
-    return Job(objective, weights, init_report={k: v for k, v in report.items() if k != "copied"},
+    return Job(objective, init_report={k: v for k, v in report.items() if k != "copied"},
                save_beside={"generator": generator})
 
 

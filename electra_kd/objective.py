@@ -3,7 +3,8 @@
     L_kd = L_ce + b1 * L_mse + b2 * L_cos + b3 * L_kl,    L_mse = L_emb + L_out + L_hid + L_att
 
 Teacher and student discriminators see the SAME corrupted input: one generator sample per batch.
-- ce:  the student's replaced-token-detection binary cross-entropy (its own task loss), non-pad tokens
+- rtd: L_ce, the student's replaced-token-detection binary cross-entropy (its own task loss), non-pad
+       tokens (logged as `rtd`, so it never shares a name with bert_kd's teacher KL `ce`)
 - emb: MSE of embedding outputs (after ELECTRA's embeddings_project, i.e. at hidden width)
 - out: MSE of the discriminator head's output activations (dense + activation, before the logit)
 - hid: MSE of mapped layers' hidden states;  att: MSE of mapped layers' attention probabilities
@@ -42,7 +43,7 @@ class ElectraLossConfig:
     b3: float = 1.0  # L_kl
     mse_parts: dict[str, float] = field(default_factory=lambda: {p: 1.0 for p in MSE_PARTS})
     temperature: float = 2.0  # of L_kl
-    disc_weight: float = 1.0  # weight of L_ce (ELECTRA pretraining uses 50 with gen_weight 1)
+    disc_weight: float = 1.0  # weight of L_ce, the `rtd` term (ELECTRA pretraining uses 50 with gen_weight 1)
     gen_weight: float = 1.0  # weight of the generator's MLM loss when it is trained
     train_generator: bool = False
     sampling_temperature: float = 1.0
@@ -60,7 +61,7 @@ def loss_weights(cfg: ElectraLossConfig, has_teacher: bool) -> dict[str, float]:
     unknown = sorted(set(cfg.mse_parts) - set(MSE_PARTS))
     if unknown:
         raise UserError(f"unknown L_mse part(s) {unknown}; parts: {list(MSE_PARTS)}")
-    weights = {"ce": cfg.disc_weight}
+    weights = {"rtd": cfg.disc_weight}
     if has_teacher:
         weights.update({p: cfg.b1 * cfg.mse_parts.get(p, 0.0) for p in MSE_PARTS})
         weights.update(cos=cfg.b2, kl=cfg.b3)
@@ -89,9 +90,8 @@ def tie_generator_embeddings(generator: nn.Module, discriminator: nn.Module) -> 
 class ElectraObjective(Objective):
     def __init__(self, student: nn.Module, generator: nn.Module, weights: dict[str, float],
                  cfg: ElectraLossConfig, teacher: nn.Module | None = None, layer_map: LayerMap | None = None):
-        super().__init__(student, teacher)
+        super().__init__(student, teacher, weights)
         self.cfg = cfg
-        self.active = {k for k, w in weights.items() if w}
         self.generator = generator
         if not cfg.train_generator:
             generator.requires_grad_(False)
@@ -135,7 +135,7 @@ class ElectraObjective(Objective):
         s_out = self._encode(self.student, corrupted)
         s_hidden = s_out.last_hidden_state
         s_logits = self.student.discriminator_predictions(s_hidden)
-        terms["ce"] = nn.functional.binary_cross_entropy_with_logits(s_logits[tokens].float(),
+        terms["rtd"] = nn.functional.binary_cross_entropy_with_logits(s_logits[tokens].float(),
                                                                      corrupted["rtd_labels"][tokens])
         if self.teacher is None:
             return terms

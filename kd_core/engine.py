@@ -116,16 +116,15 @@ def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
 class Engine:
     """Trains `objective` on `train_rows` with `collate`; writes everything into `output_dir`.
 
-    loss_weights: weight of each term the objective returns (0 = the objective skips it).
     run_config: the whole resolved config (a dataclass); saved as config.yaml and in checkpoints.
     """
 
-    def __init__(self, train: TrainConfig, objective: Objective, loss_weights: dict[str, float],
+    def __init__(self, train: TrainConfig, objective: Objective,
                  train_rows: Sequence, collate: Collate, output_dir: str | Path, run_config: Any,
                  tokenizer=None, eval_rows: Sequence | None = None, resume: bool = False):
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
         check_ranges(train, "train")  # configs built in Python skip the check that loading does
-        self.cfg, self.loss_weights = train, dict(loss_weights)
+        self.cfg, self.loss_weights = train, dict(objective.weights)
         self.output_dir = Path(output_dir)
         self.run_config, self.tokenizer = run_config, tokenizer
         self.train_rows, self.eval_rows, self.collate = train_rows, eval_rows, collate
@@ -170,13 +169,19 @@ class Engine:
                        "tokens_seen": 0}
         recovered = self.resume() if resume else None
         if acc.is_main_process:
-            atomic_write_text(self.output_dir / "config.yaml", dump_config(run_config))
+            print("loss weights: " + ", ".join(f"{k}={w:g}" for k, w in self.loss_weights.items()))
+            atomic_write_text(self.output_dir / "config.yaml", self.config_text())
             self.log = MetricsLog(self.output_dir, resume_step=self.step_count if recovered is not None else None)
-            self.log.log_config(to_dict(run_config), dump_config(run_config),
-                                ["loss/total"] + [f"loss/{k}" for k in self.loss_weights])
+            self.log.log_config({**to_dict(run_config), "resolved_loss_weights": self.loss_weights},
+                                self.config_text(), ["loss/total"] + [f"loss/{k}" for k in self.loss_weights])
             if recovered:
                 self.log.log_text("resume/changed", "\n".join(f"{k}: {a} -> {b}" for k, (a, b) in recovered.items()),
                                   self.step_count)
+
+    def config_text(self) -> str:
+        """The run's config; the weights the engine applies (derived, e.g. b1 x mse_parts) as a closing comment."""
+        weights = ", ".join(f"{k}: {w:g}" for k, w in self.loss_weights.items())
+        return dump_config(self.run_config) + f"# resolved loss weights: {{{weights}}}\n"
 
     @property
     def accumulation(self) -> int:
@@ -361,8 +366,7 @@ class Engine:
                 objects["scaler"] = acc.scaler.state_dict()
             state = {"step": self.step_count, "epoch": self._epoch(), "data_position": self.step_count,
                      "world_size": acc.num_processes, **self.counts}
-            write_checkpoint(final, self.objective.student, self.tokenizer, objects, dump_config(self.run_config),
-                             state)
+            write_checkpoint(final, self.objective.student, self.tokenizer, objects, self.config_text(), state)
             prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints, self.step_count)
         acc.wait_for_everyone()
         return final
@@ -437,7 +441,7 @@ class Engine:
             self.objective.student.save_pretrained(tmp)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            (tmp / "config.yaml").write_text(dump_config(self.run_config))
+            (tmp / "config.yaml").write_text(self.config_text())
             commit_dir(tmp, final)
         acc.wait_for_everyone()
         return final

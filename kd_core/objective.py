@@ -1,8 +1,9 @@
 """The contract between the training engine and what it trains.
 
-An objective owns the student and any trainable extras (projections, heads) and, optionally, a
-frozen teacher. `forward(batch)` returns a dict of named, UNWEIGHTED scalar loss terms; the
-weights are config and are applied in exactly one place, `weighted_total`.
+An objective owns the student and any trainable extras (projections, heads), optionally a frozen
+teacher, and the resolved weight of every loss term (`weights`: the objective skips a term whose
+weight is 0; the engine reads them from here). `forward(batch)` returns a dict of named,
+UNWEIGHTED scalar loss terms; the weights are applied in exactly one place, `weighted_total`.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from .errors import UserError
 
 
 class Objective(nn.Module):
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, weights: dict[str, float]):
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.weights = dict(weights)
+        self.active = {k for k, w in self.weights.items() if w != 0}
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()

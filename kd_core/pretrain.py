@@ -53,13 +53,16 @@ class PretrainConfig:
 class MaskedLMObjective(Objective):
     """The student's own masked-LM cross-entropy, at masked positions only."""
 
+    def __init__(self, student, weights: dict[str, float]):
+        super().__init__(student, None, weights)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"mlm": masked_lm_loss(self.student, batch)}
 
 
 def build_model(cfg: PretrainConfig, tokenizer):
     if cfg.model.init:
-        return load_masked_lm(cfg.model.init)
+        return load_masked_lm(cfg.model.init, new_head=True)
     a = cfg.model.arch
     return AutoModelForMaskedLM.from_config(BertConfig(
         vocab_size=len(tokenizer), max_position_embeddings=a.max_position_embeddings,
@@ -71,7 +74,7 @@ def build_model(cfg: PretrainConfig, tokenizer):
 
 def run(cfg: PretrainConfig, output_dir: str, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
     def build(tokenizer) -> Job:
-        return Job(MaskedLMObjective(build_model(cfg, tokenizer)), cfg.loss_weights)
+        return Job(MaskedLMObjective(build_model(cfg, tokenizer), cfg.loss_weights))
     return launch(cfg, build, output_dir, resume, overwrite, tokenizer_source=cfg.model.init)
 
 

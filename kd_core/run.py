@@ -26,7 +26,7 @@ from .checkpoint import seed_everything
 from .files import atomic_dir, atomic_write_text, commit_dir
 from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
 from .engine import Engine, TrainConfig
-from .errors import UserError
+from .errors import UserError, one_line
 from .objective import Objective
 
 LOCK_FILE = ".lock"
@@ -116,19 +116,20 @@ def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> I
 @dataclass
 class Job:
     """What a command builds for `launch`: the objective and everything specific to it."""
-    objective: Objective
-    loss_weights: dict[str, float]
+    objective: Objective  # holds the resolved loss weights
     init_report: dict[str, Any] = field(default_factory=dict)  # how the student was initialised
     save_beside: dict[str, nn.Module] = field(default_factory=dict)  # saved as <output>/<name> after training
 
 
 def open_tokenizer(data: DataConfig, default_source: str | None):
     source = data.tokenizer or default_source or read_stats(data.corpus)["tokenizer"]
+    whose = "data.tokenizer" if data.tokenizer else "the teacher's or model's" if default_source else "the corpus's"
     try:
         return AutoTokenizer.from_pretrained(source)
-    except OSError as e:
-        raise UserError(f"cannot load the tokenizer '{source}': give a directory with tokenizer files "
-                        f"(or a hub name when online) as data.tokenizer ({e})") from e
+    except (OSError, ValueError) as e:
+        found = "no such directory" if not Path(source).exists() else one_line(e)
+        raise UserError(f"cannot load the tokenizer from '{source}' ({whose}): {found}; give a directory saved with "
+                        "save_pretrained (or a hub name when online), or set data.tokenizer") from e
 
 
 def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path, resume: bool = False,
@@ -153,7 +154,7 @@ def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path,
         if job.init_report and is_main_process():
             atomic_write_text(out / "student_init.json", json.dumps(job.init_report, indent=1))
         collate = MaskingCollator.for_corpus(masking, tokenizer, data.corpus)
-        engine = Engine(train, job.objective, job.loss_weights, train_rows, collate, out, run_config,
+        engine = Engine(train, job.objective, train_rows, collate, out, run_config,
                         tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
         summary = engine.fit()
         if engine.accelerator.is_main_process:

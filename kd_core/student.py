@@ -19,7 +19,7 @@ from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMa
 
 from .layer_map import LayerMap, resolve_layer_map
 from .config import out_of_range
-from .errors import UserError
+from .errors import UserError, one_line
 
 LAYER_KEY = re.compile(r"^(.*\.(?:layer|layers))\.(\d+)\.(.*)$")
 
@@ -145,13 +145,28 @@ def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: lis
     return sorted(picked), skipped
 
 
-def load_masked_lm(name_or_path: str, **kwargs) -> nn.Module:
+def load_complete(model_class, name_or_path: str, role: str, new_head: bool = False) -> nn.Module:
+    """A model whose every weight comes from the checkpoint (with `new_head`, all but the head's, which is
+    then trained). A teacher with weights initialised at random, e.g. a BERT loaded as an ELECTRA
+    discriminator, would distil noise silently."""
     try:
         # fp32 master weights whatever the checkpoint's dtype; mixed precision is autocast's job
-        return AutoModelForMaskedLM.from_pretrained(name_or_path, **{"dtype": torch.float32, **kwargs})
-    except OSError as e:
-        raise UserError(f"cannot load a masked-LM checkpoint from '{name_or_path}': give a local "
-                                f"directory saved with save_pretrained, or a hub name when online ({e})") from e
+        model, info = model_class.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the {role} from '{name_or_path}': give a local directory saved with "
+                        f"save_pretrained, or a hub name when online ({one_line(e)})") from e
+    missing = [k for k in info["missing_keys"] if not new_head or k.startswith(model.base_model_prefix + ".")]
+    if missing:
+        raise UserError(f"the {role} '{name_or_path}' lacks {len(missing)} weights a {model.__class__.__name__} needs "
+                        f"(e.g. {sorted(missing)[0]}; it is a '{model.config.model_type}' checkpoint): give a "
+                        f"complete {model.__class__.__name__} checkpoint")
+    return model
+
+
+def load_masked_lm(name_or_path: str, new_head: bool = False) -> nn.Module:
+    """A masked-LM teacher, every weight from the checkpoint; `new_head`: an encoder whose MLM head starts
+    fresh (MLM adaptation trains it)."""
+    return load_complete(AutoModelForMaskedLM, name_or_path, "masked-LM model", new_head)
 
 
 def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> tuple[nn.Module, LayerMap, dict]:

@@ -40,7 +40,7 @@ def small_models(workdir: Path) -> list[tuple[str, str]]:
     from kd_core.assets import minilm_dir
 
     teacher_dir = minilm_dir()
-    teacher = load_masked_lm(str(teacher_dir))  # encoder + a fresh MLM head; only the encoder is timed
+    teacher = load_masked_lm(str(teacher_dir), new_head=True)  # encoder + a fresh MLM head; only the encoder is timed
     out = [("all-MiniLM-L6-v2 (6 layers)", str(teacher_dir))]
     for arch in ("same", "distilbert"):
         student, _, _ = build_student(teacher, StudentConfig(arch=arch, num_layers=3, layers="every_other"))

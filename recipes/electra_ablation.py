@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         None if s.scale == "smoke" else ROOT / "results" / "electra_ablation")
     if results:
         results.mkdir(parents=True, exist_ok=True)
-        for name in ("ablation.md", "ablation.json", "heatmap.svg"):
+        for name in ("ablation.md", "ablation.json", "heatmap.png"):
             shutil.copyfile(out / "points" / name, results / f".{name}.tmp")
             (results / f".{name}.tmp").replace(results / name)
         table = (out / "points" / "ablation.md").read_text()

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = out / ("distilled" if label == "distilled" else "pretrained")
         if not (run_dir / "final" / "config.json").is_file():
             run(load_config(ElectraRunConfig, overrides=common + extra), str(run_dir), resume=True)
-        evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/ce" in r]
+        evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/rtd" in r]
         losses[label] = evals[-1]
         results.append(run_grid(str(run_dir / "final"), tasks, args.glue_dir, grid, run_dir / "glue",
                                 label=f"3-layer ELECTRA student, {label}"))
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# ELECTRA: distilled (b1,b2,b3 = {args.b}) vs pretrained without a teacher, {args.steps} steps each",
              "", table, "", "Held-out losses at the end of pretraining (same masks):", "",
              "| student | RTD L_ce | " + " | ".join(k for k in losses["distilled"] if k.startswith("eval/loss/")
-                                                  and k not in ("eval/loss/ce", "eval/loss/total")) + " |",
+                                                  and k not in ("eval/loss/rtd", "eval/loss/total")) + " |",
              "|" + "---|" * (sum(k.startswith("eval/loss/") for k in losses["distilled"])) ]
     for label, rec in losses.items():
-        lines.append(f"| {label} | {rec['eval/loss/ce']:.4f} | " + " | ".join(
+        lines.append(f"| {label} | {rec['eval/loss/rtd']:.4f} | " + " | ".join(
             f"{rec.get(k, float('nan')):.4f}" for k in losses["distilled"]
-            if k.startswith("eval/loss/") and k not in ("eval/loss/ce", "eval/loss/total")) + " |")
+            if k.startswith("eval/loss/") and k not in ("eval/loss/rtd", "eval/loss/total")) + " |")
     prov = provenance("python recipes/electra_kd_vs_pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv))
     prov["wall_s"] = round(time.perf_counter() - t0, 1)
     lines += ["", "Provenance: " + json.dumps(prov)]

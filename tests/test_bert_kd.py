@@ -260,7 +260,7 @@ def test_extract_cli(teacher_dir, tmp_path):
     AutoModelForSequenceClassification.from_pretrained(out, num_labels=2)
     bad = subprocess.run([sys.executable, "-m", "bert_kd", "extract", "--teacher", str(tmp_path / "nope"),
                           "--layers", "0,1", "--output", str(tmp_path / "x")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "cannot load a masked-LM checkpoint" in bad.stderr
+    assert bad.returncode == 2 and "cannot load the masked-LM model from" in bad.stderr
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "electra"])

@@ -154,7 +154,7 @@ class FlakyObjective(pretrain.MaskedLMObjective):
     """MLM whose loss is NaN on the calls listed in `bad_calls` (one call per micro-batch)."""
 
     def __init__(self, student, bad_calls):
-        super().__init__(student)
+        super().__init__(student, {"mlm": 1.0})
         self.bad_calls, self.calls = set(bad_calls), 0
 
     def forward(self, batch):
@@ -168,7 +168,7 @@ class FlakyObjective(pretrain.MaskedLMObjective):
 def _engine(cfg, objective, tokenizer, corpus, out, resume=False):
     rows = open_corpus(corpus, tokenizer)
     collate = MaskingCollator.from_tokenizer(cfg.masking, tokenizer)
-    return Engine(cfg.train, objective, cfg.loss_weights, rows, collate, out, cfg, tokenizer=tokenizer,
+    return Engine(cfg.train, objective, rows, collate, out, cfg, tokenizer=tokenizer,
                   resume=resume)
 
 
@@ -219,7 +219,7 @@ def test_killed_save_leaves_nothing_resume_would_pick(tiny_corpus, tiny_tokenize
     out = tmp_path / "run"
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=8, save_every=4)
     model = pretrain.build_model(cfg, tiny_tokenizer)
-    engine = _engine(cfg, pretrain.MaskedLMObjective(model), tiny_tokenizer, tiny_corpus, out)
+    engine = _engine(cfg, pretrain.MaskedLMObjective(model, cfg.loss_weights), tiny_tokenizer, tiny_corpus, out)
     import kd_core.engine as engine_module
 
     real_save = torch.save
@@ -237,7 +237,7 @@ def test_killed_save_leaves_nothing_resume_would_pick(tiny_corpus, tiny_tokenize
     assert (out / "checkpoint-8.tmp").exists() and not (out / "checkpoint-8").exists()
     assert [s for s, _ in complete_checkpoints(out)] == [4]
     monkeypatch.setattr(engine_module.torch, "save", real_save)
-    resumed = _engine(cfg, pretrain.MaskedLMObjective(pretrain.build_model(cfg, tiny_tokenizer)),
+    resumed = _engine(cfg, pretrain.MaskedLMObjective(pretrain.build_model(cfg, tiny_tokenizer), cfg.loss_weights),
                       tiny_tokenizer, tiny_corpus, out, resume=True)
     assert resumed.step_count == 4
 

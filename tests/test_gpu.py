@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 class OverflowOnce(pretrain.MaskedLMObjective):
     """A finite loss whose fp16 gradients overflow on one call: only the GradScaler can catch it."""
 
-    def __init__(self, student, bad_call: int):
-        super().__init__(student)
+    def __init__(self, student, bad_call: int, weights):
+        super().__init__(student, weights)
         self.bad_call, self.calls = bad_call, 0
 
     def forward(self, batch):
@@ -37,7 +37,7 @@ def test_fp16_overflow_is_skipped_and_counted(tiny_corpus, tiny_tokenizer, tmp_p
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=6, log_every=1, micro_batch_size=8, mixed_precision="fp16")
     model = pretrain.build_model(cfg, tiny_tokenizer)
     rows = open_corpus(tiny_corpus, tiny_tokenizer)
-    engine = Engine(cfg.train, OverflowOnce(model, bad_call=3), cfg.loss_weights, rows,
+    engine = Engine(cfg.train, OverflowOnce(model, bad_call=3, weights=cfg.loss_weights), rows,
                     MaskingCollator.from_tokenizer(cfg.masking, tiny_tokenizer), tmp_path / "run", cfg,
                     tokenizer=tiny_tokenizer)
     snapshots = {}

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from electra_kd.distill import ElectraRunConfig
+
 from bert_kd.distill import DistilConfig
 from electra_kd.ablate import AblationConfig
 from kd_core.config import load_config
@@ -10,7 +12,7 @@ from kd_core.layer_map import resolve_layer_map
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
 KIND = {"distilbert": DistilConfig, "greek": DistilConfig, "tinybert": DistilConfig, "minilm": DistilConfig,
-        "electra_ablation": AblationConfig}
+        "electra_ablation": AblationConfig, "electra_distill": ElectraRunConfig}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -137,7 +137,7 @@ class NaNGradientObjective(pretrain.MaskedLMObjective):
     """MLM whose loss stays finite on `bad_calls` while its gradient is NaN (0 * sqrt(0) has the gradient 0 * inf)."""
 
     def __init__(self, student, bad_calls):
-        super().__init__(student)
+        super().__init__(student, {"mlm": 1.0})
         self.bad_calls, self.calls = set(bad_calls), 0
 
     def forward(self, batch):
@@ -150,7 +150,7 @@ class NaNGradientObjective(pretrain.MaskedLMObjective):
 
 
 def _engine(cfg, objective, tokenizer, corpus, out):
-    return Engine(cfg.train, objective, cfg.loss_weights, open_corpus(corpus, tokenizer),
+    return Engine(cfg.train, objective, open_corpus(corpus, tokenizer),
                   MaskingCollator.from_tokenizer(cfg.masking, tokenizer), out, cfg, tokenizer=tokenizer)
 
 

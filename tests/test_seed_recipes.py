@@ -103,7 +103,7 @@ def test_electra_ablation_smoke(tmp_path):
     assert [(p["b1"], p["b2"], p["b3"]) for p in points] == [(0.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
     assert "loss/hid" not in keys_logged(Path(points[0]["run_dir"]))  # b1 = 0: L_mse = emb+hid+att+out not computed
     assert "loss/hid" in keys_logged(Path(points[1]["run_dir"]))
-    assert (tmp_path / "points" / "heatmap.svg").read_text().startswith("<svg")
+    assert (tmp_path / "points" / "heatmap.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_ordering_note_says_when_rankings_disagree():

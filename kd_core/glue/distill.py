@@ -50,7 +50,7 @@ def width(model: nn.Module) -> int:
 class TaskDistillObjective(Objective):
     def __init__(self, student: nn.Module, teacher: nn.Module, task: Task, weights: dict[str, float],
                  cfg: TaskDistillConfig):
-        super().__init__(student, teacher)
+        super().__init__(student, teacher, weights)
         if student.config.vocab_size != teacher.config.vocab_size:
             raise UserError(f"vocab mismatch: student {student.config.vocab_size} tokens, teacher "
                             f"{teacher.config.vocab_size}; distil between models that share a tokenizer")
@@ -58,7 +58,6 @@ class TaskDistillObjective(Objective):
             raise UserError(f"the teacher has {teacher.config.num_labels} outputs, task {task.name} needs "
                             f"{task.num_labels}: give a teacher fine-tuned on {task.name}")
         self.task, self.cfg = task, cfg
-        self.active = {k for k, w in weights.items() if w}
         layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), num_layers(student.config))
         self.intermediate = IntermediateLosses(self.active, width(student), width(teacher), layer_map)
         self.intermediate.attach(student, teacher)
@@ -106,7 +105,7 @@ def distill_and_evaluate(student_path: str, teacher_path: str, task: Task, glue_
     for name, weights, epochs in stage_weights(dcfg):
         student.requires_grad_(True)  # stage 1 froze the classifier; stage 2 trains it
         objective = TaskDistillObjective(student, teacher, task, weights, dcfg)
-        run = train_and_evaluate(objective, weights, tokenizer, task, train_rows, cfg, seed,
+        run = train_and_evaluate(objective, tokenizer, task, train_rows, cfg, seed,
                                  Path(output_dir) / name, epochs)
         objective.intermediate.detach_probes()
         stages[name] = {"weights": weights, "steps": run["steps"],

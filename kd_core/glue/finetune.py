@@ -78,7 +78,7 @@ class ClassificationObjective(Objective):
     """Cross-entropy on labels, or MSE on the score for regression (STS-B)."""
 
     def __init__(self, student: nn.Module, regression: bool):
-        super().__init__(student)
+        super().__init__(student, None, {"task": 1.0})
         self.regression = regression
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -168,12 +168,12 @@ def task_rows(task: Task, glue_dir: str | None, cfg: FinetuneConfig, tokenizer, 
     return encode(tokenizer, train_examples, cfg.max_len), dev
 
 
-def train_and_evaluate(objective: Objective, weights: dict[str, float], tokenizer, task: Task, train_rows,
+def train_and_evaluate(objective: Objective, tokenizer, task: Task, train_rows,
                        cfg: FinetuneConfig, seed: int, output_dir: str | Path, epochs: float | None = None) -> dict:
     """Train `objective` on the task's rows through the engine; returns the train summary and steps."""
     collate = make_collate(tokenizer.pad_token_id, task.is_regression)
     tcfg = train_config(FinetuneConfig(**{**cfg.__dict__, "epochs": epochs or cfg.epochs}), len(train_rows), seed)
-    engine = Engine(tcfg, objective, weights, train_rows, collate, output_dir, tcfg, tokenizer=tokenizer)
+    engine = Engine(tcfg, objective, train_rows, collate, output_dir, tcfg, tokenizer=tokenizer)
     summary = engine.fit()
     return {"summary": summary, "steps": tcfg.max_steps, "device": engine.accelerator.device}
 
@@ -193,7 +193,7 @@ def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg
     seed_everything(seed)
     model, tokenizer = load_for_task(model_path, task)
     train_rows, dev = task_rows(task, glue_dir, cfg, tokenizer, data_cache if data_cache is not None else {})
-    run = train_and_evaluate(ClassificationObjective(model, task.is_regression), {"task": 1.0}, tokenizer, task,
+    run = train_and_evaluate(ClassificationObjective(model, task.is_regression), tokenizer, task,
                              train_rows, cfg, seed, output_dir)
     metrics = evaluate(model, tokenizer, task, dev, cfg, run["device"])
     if cfg.save_model:

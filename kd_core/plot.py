@@ -103,8 +103,7 @@ def heatmap_figure(points: list[dict], title: str):
     fig, axes = plt.subplots(1, len(b3s), figsize=(1.3 * len(b2s) * len(b3s) + 2, 1.1 * len(b1s) + 1.5),
                              squeeze=False)
     by_key = {(p["b1"], p["b2"], p["b3"]): p for p in points}
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     for ax, b3 in zip(axes[0], b3s):
         grid = [[by_key[(b1, b2, b3)]["score"] if (b1, b2, b3) in by_key else math.nan for b2 in b2s] for b1 in b1s]
         image = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1)

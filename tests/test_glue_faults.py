@@ -91,8 +91,8 @@ def test_diverged_cell_is_recorded_the_finite_cell_chosen_and_not_retried(tiny_m
 def test_nan_predictions_fail_the_task_and_the_macro_says_why(tiny_model, tiny_glue, tmp_path, monkeypatch):
     real = finetune_module.train_and_evaluate
 
-    def poisoned(objective, weights, tokenizer, task, *args):
-        run = real(objective, weights, tokenizer, task, *args)
+    def poisoned(objective, tokenizer, task, *args):
+        run = real(objective, tokenizer, task, *args)
         if task.name == "rte":  # trained fine, then NaN weights: every RTE prediction is NaN
             objective.student.classifier.weight.data.fill_(float("nan"))
         return run

@@ -7,7 +7,7 @@ hidden states, 5/2/1 weights, backward, clip, torch AdamW.
 Ours: the same terms through DistillationObjective + Engine.step; once with L_ce at all non-pad
 positions (DistilBERT's default, same work as the plain loop) and once restricted to masked positions.
 
-python benchmarks/bert_kd_step.py [--batch 16] [--seq 128] [--steps 6] [--out results/bench_bert_kd_step.json]
+python benchmarks/bert_kd_step.py [--batch 16] [--seq 128] [--steps 6] [--results results/bench_bert_kd_step.json]
 Shapes default to the CPU setting: MiniLM-L6-H384 teacher (vocab 30522) -> 3-layer student.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--student-layers", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=30522)
-    parser.add_argument("--out", default=str(ROOT / "results" / "bench_bert_kd_step.json"))
+    parser.add_argument("--results", default=str(ROOT / "results" / "bench_bert_kd_step.json"))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -124,11 +124,11 @@ def main() -> None:
         "torch": torch.__version__,
         "shapes": vars(args) | {"tokens_per_step": tokens},
         "steps_timed": args.steps, "rows": table}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(result, indent=1))
     for r in table:
         print(f"{r['path']:48s} {r['median_step_s']:8.3f} s/step {r['tokens_per_s']:8d} tok/s  x{r['speedup_vs_plain']}")
-    print(f"written to {args.out}")
+    print(f"written to {args.results}")
 
 
 if __name__ == "__main__":

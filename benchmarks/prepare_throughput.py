@@ -1,7 +1,7 @@
 """Corpus preparation throughput (tokens/s) of `kd_core.data.prepare`, end to end and per stage.
 
 python benchmarks/prepare_throughput.py [--input DIR_OR_FILES] [--tokenizer DIR] [--num-proc 1 2]
-Defaults: ../shared/data/corpus and the all-MiniLM-L6-v2 tokenizer. Writes JSON to --out.
+Defaults: ../shared/data/corpus and the all-MiniLM-L6-v2 tokenizer. Writes JSON to --results.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--num-proc", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--max-len", type=int, default=128)
-    parser.add_argument("--out", default=str(ROOT / "results" / "bench_prepare.json"))
+    parser.add_argument("--results", default=str(ROOT / "results" / "bench_prepare.json"))
     args = parser.parse_args()
     tokenizer = args.tokenizer or str(minilm_dir())
     result = {"command": "python benchmarks/prepare_throughput.py " + " ".join(os.sys.argv[1:]),
@@ -61,9 +61,9 @@ def main() -> None:
                                "rows": stats["rows"], "mean_row_length": round(stats["mean_row_length"], 2),
                                "tokens_per_s": round(stats["tokens"] / wall)})
         print(json.dumps(result["runs"][-1]))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"written to {args.out}")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(result, indent=1))
+    print(f"written to {args.results}")
 
 
 if __name__ == "__main__":

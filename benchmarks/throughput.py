@@ -1,6 +1,6 @@
 """GPU throughput of distillation steps: ours vs the plain loop a user would write with HF models.
 
-python benchmarks/throughput.py [--seqs 128 512] [--precisions bf16 fp16] [--steps 10] [--out results/throughput]
+python benchmarks/throughput.py [--seqs 128 512] [--precisions bf16 fp16] [--steps 10] [--results results/throughput]
 
 Cases (random weights; speed does not depend on them):
 - bert:    BERT-base-shaped teacher (12 x 768, vocab 30522) -> 6-layer student, DistilBERT objective
@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*", default=["bf16", "fp16"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens-per-step", type=int, default=16384)
-    parser.add_argument("--out", default=str(ROOT / "results" / "throughput"))
+    parser.add_argument("--results", default=str(ROOT / "results" / "throughput"))
     parser.add_argument("--ours-set", action="append", default=[], help="TrainConfig override for ours, e.g. compile=true")
     args = parser.parse_args()
     OURS_OPTIONS.extend(args.ours_set)
@@ -238,7 +238,7 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "peak_flops": PEAK, "flops_formula": FLOPS_FORMULA, "steps_timed": args.steps,
             "tokens_per_step": args.tokens_per_step, "ours_options": args.ours_set}
-    out = Path(args.out)
+    out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["| case | seq | precision | path | batch | step ms | tokens/s | x plain | MFU | peak GiB |",

@@ -1,8 +1,8 @@
 """MLM heads applied only where they are needed.
 
 HF `*ForMaskedLM.forward` projects every position onto the vocabulary (batch x seq x 30k floats);
-the losses need the logits at masked positions only. `mlm_logits_at` runs the encoder, gathers the
-selected positions, and applies the model's own head to those rows.
+the losses need the logits at masked positions only. `mlm_logits_at` takes the encoder's hidden states,
+gathers the selected positions, and applies the model's own head to those rows.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 at batch size 1, teacher vs students, next to the paper's quoted rows.
 
 python recipes/distilbert_table3.py --scale smoke|small|paper [--models DIR_OR_NAME ...] [--glue-dir DIR]
-                                    [--limit N] [--out results/distilbert_table3.md]
+                                    [--limit N] [--results results/distilbert_table3.md]
 
 paper: bert-base-uncased and distilbert-base-uncased by hub name (internet needed).
 small: all-MiniLM-L6-v2 (6 layers) and students built from it by bert_kd's student construction
@@ -14,22 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM  # noqa: E402
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-from kd_core.files import atomic_write_text  # noqa: E402
-from kd_core.glue.data import read_tsv  # noqa: E402
-from kd_core.glue.grid import provenance  # noqa: E402
-from kd_core.glue.tasks import get_task  # noqa: E402
-from kd_core.student import StudentConfig, build_student, load_masked_lm  # noqa: E402
+from kd_core.files import atomic_write_text
+from kd_core.glue.data import read_tsv
+from kd_core.latency import time_full_pass
+from kd_core.glue.grid import provenance
+from kd_core.glue.tasks import get_task
+from kd_core.student import StudentConfig, build_student, load_masked_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 QUOTED = [("ELMo (paper, quoted)", 180, 895), ("BERT-base (paper, quoted)", 110, 668),
@@ -52,8 +50,7 @@ def small_models(workdir: Path) -> list[tuple[str, str]]:
 
 
 def smoke_models(workdir: Path) -> list[tuple[str, str]]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_tokenizer
+    from kd_core.toy import make_tokenizer
 
     tokenizer = make_tokenizer(workdir / "tokenizer")
     torch.manual_seed(0)
@@ -77,32 +74,13 @@ def stsb_pairs(glue_dir: str | None, limit: int) -> list[tuple[str, str]]:
     return pairs[:limit] if limit else pairs
 
 
-@torch.inference_mode()
-def time_full_pass(path: str, pairs: list[tuple[str, str]], repeats: int = 3) -> dict:
-    """Median over `repeats` full passes (one pass is noisy on a shared CPU)."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-    encoded = [tokenizer(a, b, return_tensors="pt", truncation=True, max_length=128) for a, b in pairs]
-    for batch in encoded[:5]:  # warm-up
-        model(**batch)
-    passes = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for batch in encoded:
-            model(**batch)
-        passes.append(time.perf_counter() - t0)
-    seconds = statistics.median(passes)
-    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "seconds": seconds,
-            "ms_per_pair": 1000 * seconds / len(encoded), "passes": [round(x, 2) for x in passes]}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=["smoke", "small", "paper"], default="small")
     parser.add_argument("--models", nargs="*", help="model directories or hub names (override the scale's)")
     parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     parser.add_argument("--limit", type=int, default=0, help="time only the first N pairs (0: all 1,500)")
-    parser.add_argument("--out", default=str(ROOT / "results" / "distilbert_table3.md"))
+    parser.add_argument("--results", default=str(ROOT / "results" / "distilbert_table3.md"))
     args = parser.parse_args(argv)
     limit = args.limit or (20 if args.scale == "smoke" else 0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             + "\n".join(lines) + "\n\nEncoders only (no task head), fp32, `torch.inference_mode`, inputs tokenized "
             "beforehand (max length 128), 5 warm-up pairs not timed. The quoted rows are the paper's (Sanh et "
             "al. 2019, Table 3), on their CPU: compare ratios, not seconds.\n\nProvenance: " + json.dumps(prov) + "\n")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out), text)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.results), text)
     print(text)
     return 0
 

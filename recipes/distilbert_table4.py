@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table
 
-from bert_kd.distill import DistilConfig, run  # noqa: E402
+from bert_kd.distill import DistilConfig, run
 
 # (label, run name, overrides, the paper's change in GLUE macro score vs the triple loss; None for the reference)
 ROWS = [("triple loss, teacher init", "triple", [], None),

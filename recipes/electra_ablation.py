@@ -2,7 +2,7 @@
 one student distilled per grid point, each fine-tuned on GLUE; a table, a heatmap and TensorBoard hparams.
 
 python recipes/electra_ablation.py --scale smoke|small|paper [--output-dir runs/electra_ablation] [--glue-dir DIR]
-                                   [--corpus DIR] [--b1 0,1,2] [--b2 0,1,2] [--b3 1] [--results-dir DIR]
+                                   [--corpus DIR] [--b1 0,1,2] [--b2 0,1,2] [--b3 1] [--results DIR]
 
 The grid file is recipes/configs/electra_ablation.yaml (3-layer student from teacher layers 0,2,4, 300 steps).
 paper: google/electra-base-discriminator as teacher (its generator frozen), a 6-layer student, 20,000 steps
@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from scales import ROOT, recipe_parser, setup_from_args  # noqa: E402
+from scales import ROOT, recipe_parser, setup_from_args
 
-from electra_kd.ablate import AblationConfig, ablate  # noqa: E402
-from kd_core.files import atomic_write_text  # noqa: E402
-from kd_core.config import load_config  # noqa: E402
+from electra_kd.ablate import AblationConfig, ablate
+from kd_core.files import atomic_write_text
+from kd_core.config import load_config
 
 GRIDS = {"smoke": ("0,1", "1", "1"), "small": ("0,1,2", "0,1,2", "1"), "paper": (None, None, None)}
 BUDGETS = {  # per-point overrides of the scale's student budget, and how the results file states them
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, "electra_ablation", table=False)
     for name in ("b1", "b2", "b3"):
         parser.add_argument(f"--{name}", help=f"comma-separated {name} values (default: the scale's)")
-    parser.add_argument("--results-dir", help="default: results/electra_ablation (smoke: none)")
+    parser.add_argument("--results", help="default: results/electra_ablation (smoke: none)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     t0 = time.perf_counter()
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(AblationConfig, HERE / "configs" / "electra_ablation.yaml", overrides)
     command = "python recipes/electra_ablation.py " + " ".join(argv)
     ablate(cfg, out / "points", command=command)
-    results = Path(args.results_dir) if args.results_dir else (
+    results = Path(args.results) if args.results else (
         None if s.scale == "smoke" else ROOT / "results" / "electra_ablation")
     if results:
         results.mkdir(parents=True, exist_ok=True)

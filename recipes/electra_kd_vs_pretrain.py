@@ -15,16 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from electra_kd.distill import ElectraRunConfig, run  # noqa: E402
-from kd_core.files import atomic_write_text  # noqa: E402
-from kd_core.config import load_config  # noqa: E402
-from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
-from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402
-from kd_core.glue.report import markdown_table  # noqa: E402
-from kd_core.glue.tasks import get_task  # noqa: E402
-from kd_core.metrics_log import read_metrics  # noqa: E402
+from electra_kd.distill import ElectraRunConfig, run
+from kd_core.files import atomic_write_text
+from kd_core.config import load_config
+from kd_core.glue.finetune import FinetuneConfig
+from kd_core.glue.grid import GridConfig, provenance, run_grid
+from kd_core.glue.report import markdown_table
+from kd_core.glue.tasks import get_task
+from kd_core.metrics_log import read_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-run", required=True)
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--glue-dir", required=True)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output-dir", required=True)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--b", default="1,1,1", help="b1,b2,b3 of the distilled student")
     parser.add_argument("--tasks", default="rte,mrpc,stsb")
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    teacher_run, out = Path(args.teacher_run), Path(args.output)
+    teacher_run, out = Path(args.teacher_run), Path(args.output_dir)
     b1, b2, b3 = (float(x) for x in args.b.split(","))
     common = [f"teacher={teacher_run / 'final'}", f"generator.path={teacher_run / 'generator'}",
               f"data.corpus={args.corpus}", "student.num_layers=3", "student.layers=every_other",

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from scales import (distil_once, evaluate_on_glue, ordering_note, recipe_parser, setup_from_args,  # noqa: E402
+from scales import (distil_once, evaluate_on_glue, ordering_note, recipe_parser, setup_from_args,
                     write_table)
 
-from bert_kd.distill import DistilConfig, run  # noqa: E402
+from bert_kd.distill import DistilConfig, run
 
 CONFIGS = HERE / "configs"
 QUOTED_COLUMNS = [("cola", "mcc"), ("mnli", "accuracy_m"), ("mnli", "accuracy_mm"), ("mrpc", "f1"), ("mrpc", "accuracy"),

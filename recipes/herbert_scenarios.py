@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table  # noqa: E402
-from teachers import build_teacher  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table
+from teachers import build_teacher
 
-from bert_kd.distill import DistilConfig, build, run  # noqa: E402
-from kd_core.files import atomic_dir, commit_dir  # noqa: E402
-from kd_core.config import load_config  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+from bert_kd.distill import DistilConfig, build, run
+from kd_core.files import atomic_dir, commit_dir
+from kd_core.config import load_config
+from transformers import AutoTokenizer
 
 MLM_ONLY = ["loss_weights={ce: 0.0, mlm: 1.0, cos: 0.0}"]
 # name, init, training (None: none), teacher; the report's Table 1

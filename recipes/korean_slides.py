@@ -20,13 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table  # noqa: E402
+from scales import distil_once, evaluate_on_glue, recipe_parser, setup_from_args, write_table
 
-from bert_kd.distill import DistilConfig, run  # noqa: E402
-from kd_core.glue.distill import TaskDistillConfig  # noqa: E402
-from kd_core.glue.grid import cell_name  # noqa: E402
+from bert_kd.distill import DistilConfig, run
+from kd_core.glue.distill import TaskDistillConfig
+from kd_core.glue.grid import cell_name
 
 STUDENTS = [("DistilBERT-shaped", "distilbert", "distilbert.yaml"), ("TinyBERT-shaped 4x312", "tinybert", "tinybert_4x312.yaml")]
 QUOTED = [  # the slides' result table: NSMC acc, KorQuAD 1.0 EM / F1, ETRI NER (two F1 columns as printed)

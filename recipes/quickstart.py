@@ -22,19 +22,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from bert_kd.distill import DistilConfig, run as run_bert_kd  # noqa: E402
-from distilbert_table3 import time_full_pass  # noqa: E402
-from electra_kd.distill import ElectraRunConfig, run as run_electra_kd  # noqa: E402
-from kd_core.assets import fetch_vader  # noqa: E402
-from kd_core.files import atomic_write_text  # noqa: E402
-from kd_core.config import load_config  # noqa: E402
-from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
-from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402
-from kd_core.glue.tasks import get_task  # noqa: E402
-from scales import SHARED, SMALL_BATCH, SMALL_TEACHER_STEPS, small_corpus, small_teacher  # noqa: E402
+from bert_kd.distill import DistilConfig, run as run_bert_kd
+from kd_core.latency import time_full_pass
+from electra_kd.distill import ElectraRunConfig, run as run_electra_kd
+from kd_core.assets import fetch_vader
+from kd_core.files import atomic_write_text
+from kd_core.config import load_config
+from kd_core.glue.finetune import FinetuneConfig
+from kd_core.glue.grid import GridConfig, provenance, run_grid
+from kd_core.glue.tasks import get_task
+from scales import SHARED, SMALL_BATCH, SMALL_TEACHER_STEPS, small_corpus, small_teacher
 
 
 def movie_review_task(out: Path) -> tuple[Path, str]:

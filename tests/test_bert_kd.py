@@ -11,7 +11,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 from bert_kd.distill import DistilConfig, run
 from bert_kd.objective import DistillationObjective, DistilLossConfig
-from helpers import tiny_bert_teacher
+from kd_core.toy import tiny_bert_teacher
 from kd_core.config import load_config
 from kd_core.data import MaskingCollator, MaskingConfig
 from kd_core.layer_map import resolve_layer_map
@@ -267,7 +267,7 @@ def test_extract_cli(teacher_dir, tmp_path):
 def test_attention_probe_equals_eager_attention(arch, teacher, tiny_tokenizer, tmp_path):
     """Maps recomputed from the hooked query/key projections (model on SDPA) = HF eager maps, padding included."""
     from kd_core.intermediate import AttentionProbe
-    from helpers import tiny_electra
+    from kd_core.toy import tiny_electra
 
     if arch == "electra":
         model = tiny_electra(tmp_path, tiny_tokenizer)[0]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tiny_bert_teacher, tiny_electra, tiny_pretrain_config, write_config
+from helpers import tiny_pretrain_config, write_config
+from kd_core.toy import tiny_bert_teacher, tiny_electra
 from kd_core import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -149,7 +149,7 @@ def test_prepare_writes_stats_and_rows(tiny_corpus, tiny_tokenizer):
 
 
 def test_tokenizer_mismatch_names_both(tiny_corpus, tmp_path):
-    from conftest import make_tokenizer
+    from kd_core.toy import make_tokenizer
 
     other = make_tokenizer(tmp_path / "other")
     other.add_tokens(["zebra"])
@@ -213,7 +213,7 @@ def _collator(tok, **kw) -> MaskingCollator:
 
 
 def _rows(tok, n=64) -> list[torch.Tensor]:
-    from conftest import SENTENCES
+    from kd_core.toy import SENTENCES
 
     texts = [" ".join(SENTENCES[i % 6:] + SENTENCES[:i % 6])[: 60 + i] for i in range(n)]
     return [torch.tensor(tok(t, truncation=True, max_length=40)["input_ids"]) for t in texts]
@@ -333,7 +333,7 @@ def test_hf_dataset_input_and_parallel_tokenization_agree(tmp_path, tiny_tokeniz
     """A save_to_disk dataset and the same text as a file give the same rows; num_proc=2 changes nothing."""
     import datasets
 
-    from conftest import SENTENCES
+    from kd_core.toy import SENTENCES
 
     texts = [" ".join(SENTENCES[i % 6:] + SENTENCES[:i % 6]) + f" number {i}" for i in range(40)]
     datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "ds"))

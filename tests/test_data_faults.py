@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_text_corpus
+from kd_core.toy import write_text_corpus
 from kd_core.data import PrepareConfig, open_corpus, prepare, verify_corpus
 from kd_core.data.__main__ import main
 from kd_core.errors import UserError

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import tiny_electra
+from kd_core.toy import tiny_electra
 from kd_core.config import load_config
 from kd_core.data import MaskingCollator, MaskingConfig
 from kd_core.metrics_log import read_metrics

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import needs_shared_data
-from helpers import tiny_bert_teacher
+from kd_core.toy import tiny_bert_teacher
 from kd_core.errors import UserError
 from kd_core.glue import grid as grid_module
 from kd_core.glue.data import GlueFormatError, read_tsv

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import tiny_bert_teacher
+from kd_core.toy import tiny_bert_teacher
 from kd_core.glue import finetune as finetune_module
 from kd_core.glue import grid as grid_module
 from kd_core.glue.finetune import FinetuneConfig

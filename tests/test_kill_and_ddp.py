@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tiny_bert_teacher, tiny_electra, write_config
+from helpers import write_config
+from kd_core.toy import tiny_bert_teacher, tiny_electra
 from kd_core.config import load_config
 from kd_core.metrics_log import read_metrics
 from kd_core.pretrain import PretrainConfig

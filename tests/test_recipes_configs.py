@@ -24,24 +24,20 @@ def test_config_parses(path):
 
 
 def test_distilbert_table3_smoke(tmp_path):
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
     import distilbert_table3
 
     out = tmp_path / "t3.md"
-    assert distilbert_table3.main(["--scale", "smoke", "--out", str(out)]) == 0
+    assert distilbert_table3.main(["--scale", "smoke", "--results", str(out)]) == 0
     text = out.read_text()
     assert "| tiny student (1 layer) |" in text and "DistilBERT (paper, quoted) | 66 | 410" in text
     assert '"pairs": 20' in text
 
 
 def test_teachers_recipe_builds_once_and_caches(tmp_path, tiny_tokenizer, tiny_corpus, monkeypatch):
-    import sys
 
-    from helpers import tiny_bert_teacher
+    from kd_core.toy import tiny_bert_teacher
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
     import teachers
 
     monkeypatch.setenv("ELECTRA_KD_CACHE", str(tmp_path / "cache"))
@@ -68,7 +64,6 @@ def test_teachers_recipe_builds_once_and_caches(tmp_path, tiny_tokenizer, tiny_c
 
 def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
     """`SMOKE=1 make quickstart`: the whole main job in about a minute (teachers, students, fine-tuning, table)."""
-    import sys
 
     from conftest import needs_shared_data
 
@@ -81,7 +76,6 @@ def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
     except FileNotFoundError as e:
         pytest.skip(str(e))
     monkeypatch.setenv("ELECTRA_KD_CACHE", str(tmp_path / "cache"))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
     import quickstart
 
     assert quickstart.main(["--smoke", "--output-dir", str(tmp_path / "qs")]) == 0

@@ -1,7 +1,6 @@
 """Every seed-table recipe end to end at smoke scale (tiny random teachers, generated corpus and tasks), and the
 paper scale's run configs assembled without running them."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,6 @@ import pytest
 from kd_core.errors import UserError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-sys.path.insert(0, str(RECIPES))
 
 
 def keys_logged(run_dir: Path) -> set[str]:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import fsync_dir
 
 STATS_FILE = "stats.json"
 # keys every stats.json written by `prepare` has: what tells our dataset from a user's folder

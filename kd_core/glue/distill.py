@@ -6,7 +6,8 @@ Terms (weights in TaskDistillConfig; 0 = not computed):
 - hard: the student's own loss on the gold labels (cross-entropy, or MSE for STS-B);
 - emb / hid / att: TinyBERT's intermediate-layer terms (kd_core.intermediate), with projections.
 `mode: two-stage` is TinyBERT's schedule: stage 1 trains emb+hid+att only (`stage1_epochs`), stage 2
-continues from it with pred (+ hard). The loss functions and layer maps are bert_kd's own.
+continues from it with pred (+ hard). The loss functions (kd_core.losses) and layer maps
+(kd_core.layer_map) are the ones bert_kd and electra_kd use.
 """
 from __future__ import annotations
 

@@ -87,3 +87,23 @@ def tiny_electra(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, 
     for d in ("discriminator", "generator"):
         tokenizer.save_pretrained(directory / d)
     return disc, gen
+
+
+def write_tiny_glue(root: Path, n_rte: int = 48, n_stsb: int = 48, n_dev: int = 16) -> Path:
+    """Learnable RTE- and STS-B-shaped tasks in the GLUE layout: RTE says entailment when the two
+    sentences are equal, STS-B scores high when they are; the first `n_dev` rows are the dev set."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rte = ["index\tsentence1\tsentence2\tlabel"] + [
+        f"{i}\tthe king saw the whale\t{'the king saw the whale' if i % 2 == 0 else 'a bad film'}\t"
+        f"{'entailment' if i % 2 == 0 else 'not_entailment'}" for i in range(n_rte)]
+    stsb = ["index\tsentence1\tsentence2\tscore"]
+    for i in range(n_stsb):
+        score = float(rng.uniform(0, 5))
+        stsb.append(f"{i}\tthe old man\t{'the old man' if score > 2.5 else 'the sea'}\t{score:.2f}")
+    for folder, rows in (("RTE", rte), ("STS-B", stsb)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / "train.tsv").write_text("\n".join(rows) + "\n")
+        (root / folder / "dev.tsv").write_text("\n".join(rows[:n_dev + 1]) + "\n")
+    return root

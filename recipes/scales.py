@@ -33,6 +33,7 @@ from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.report import markdown_table
 from kd_core.glue.tasks import get_task
+from kd_core.toy import write_tiny_glue
 from kd_core.errors import UserError
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -95,23 +96,6 @@ def smoke_assets(workdir: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def smoke_glue(root: Path) -> str:
-    """Learnable RTE- and STS-B-shaped tasks of a few dozen rows (the tests' GLUE)."""
-    rng = np.random.default_rng(0)
-    rte = ["index\tsentence1\tsentence2\tlabel"] + [
-        f"{i}\tthe king saw the whale\t{'the king saw the whale' if i % 2 else 'a bad film'}\t"
-        f"{'entailment' if i % 2 else 'not_entailment'}" for i in range(48)]
-    stsb = ["index\tsentence1\tsentence2\tscore"]
-    for i in range(48):
-        score = float(rng.uniform(0, 5))
-        stsb.append(f"{i}\tthe old man\t{'the old man' if score > 2.5 else 'the sea'}\t{score:.2f}")
-    for folder, rows in (("RTE", rte), ("STS-B", stsb)):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / folder / "train.tsv", "\n".join(rows) + "\n")
-        atomic_write_text(root / folder / "dev.tsv", "\n".join(rows[:17]) + "\n")
-    return str(root)
-
-
 def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | None = None,
           tasks: list[str] | None = None, kinds: tuple[str, ...] = ("mlm",)) -> Setup:
     """Teachers (of `kinds`), corpus and GLUE for a scale; small builds what is missing (cached)."""
@@ -119,7 +103,7 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
     if scale == "smoke":
         assets = smoke_assets(workdir / "assets")
         return Setup(scale, assets["mlm"], f"{assets['electra']}/discriminator", f"{assets['electra']}/generator",
-                     corpus or assets["corpus"], glue_dir or smoke_glue(workdir / "glue"), tasks or ["rte", "stsb"],
+                     corpus or assets["corpus"], glue_dir or str(write_tiny_glue(workdir / "glue")), tasks or ["rte", "stsb"],
                      GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=1, max_len=32)),
                      teacher_layers=6, student_train=["train.max_steps=2", "train.batch_size=8",
                                                       "train.micro_batch_size=8", "train.eval_batches=1",

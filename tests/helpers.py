@@ -30,3 +30,35 @@ def anon_rss() -> int:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def faulty_mlm(student, bad_calls, fault: str = "nan_loss"):
+    """The MLM objective with a fault on the calls listed in `bad_calls` (one call per micro-batch):
+    nan_loss makes the loss NaN; nan_grad keeps the loss finite and makes its gradient NaN
+    (0 * sqrt(0) has the gradient 0 * inf)."""
+    import torch
+
+    from kd_core.pretrain import MaskedLMObjective
+
+    class Faulty(MaskedLMObjective):
+        calls = 0
+
+        def forward(self, batch):
+            terms = super().forward(batch)
+            self.calls += 1
+            if self.calls in bad_calls and fault == "nan_loss":
+                terms["mlm"] = terms["mlm"] * float("nan")
+            elif self.calls in bad_calls:
+                terms["mlm"] = terms["mlm"] + 0 * torch.sqrt(self.student.get_input_embeddings().weight.sum() * 0)
+            return terms
+
+    return Faulty(student, {"mlm": 1.0})
+
+
+def engine_on_corpus(cfg, objective, tokenizer, corpus: Path, out: Path, resume: bool = False):
+    """An Engine over a prepared corpus, with the config's masking (for tests that hold the objective)."""
+    from kd_core.data import MaskingCollator, open_corpus
+    from kd_core.engine import Engine
+
+    return Engine(cfg.train, objective, open_corpus(corpus, tokenizer),
+                  MaskingCollator.from_tokenizer(cfg.masking, tokenizer), out, cfg, tokenizer=tokenizer, resume=resume)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kd_core.toy import tiny_electra
+from kd_core.toy import tiny_electra, write_tiny_glue
 from kd_core.config import load_config
 from kd_core.data import MaskingCollator, MaskingConfig
 from kd_core.metrics_log import read_metrics
@@ -208,15 +208,7 @@ class Killed(Exception):
 
 
 def _tiny_glue(root):
-    rows = ["index\tsentence1\tsentence2\tlabel"]
-    for i in range(64):
-        yes = i % 2 == 0
-        rows.append(f"{i}\tthe king saw the whale\t{'the king saw the whale' if yes else 'a bad film'}\t"
-                    f"{'entailment' if yes else 'not_entailment'}")
-    (root / "RTE").mkdir(parents=True)
-    (root / "RTE" / "train.tsv").write_text("\n".join(rows) + "\n")
-    (root / "RTE" / "dev.tsv").write_text("\n".join(rows[:21]) + "\n")
-    return root
+    return write_tiny_glue(root, n_rte=64, n_stsb=0, n_dev=20)
 
 
 def test_ablation_grid_resumes_after_a_kill(electra_dir, tiny_corpus, tmp_path, monkeypatch):

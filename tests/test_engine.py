@@ -12,11 +12,10 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer
 
-from helpers import tiny_pretrain_config
+from helpers import engine_on_corpus, faulty_mlm, tiny_pretrain_config
 from kd_core import pretrain
 from kd_core.checkpoint import complete_checkpoints, newest_checkpoint, read_state
-from kd_core.data import MaskingCollator, open_corpus
-from kd_core.engine import Engine, NonFiniteLossError
+from kd_core.engine import NonFiniteLossError
 from kd_core.errors import UserError
 from kd_core.sampler import GlobalBatchSampler
 from kd_core.metrics_log import read_metrics
@@ -150,32 +149,10 @@ def test_bf16_autocast_runs_on_cpu(tiny_corpus, tmp_path):
 
 
 # ---- non-finite losses -------------------------------------------------------------------------
-class FlakyObjective(pretrain.MaskedLMObjective):
-    """MLM whose loss is NaN on the calls listed in `bad_calls` (one call per micro-batch)."""
-
-    def __init__(self, student, bad_calls):
-        super().__init__(student, {"mlm": 1.0})
-        self.bad_calls, self.calls = set(bad_calls), 0
-
-    def forward(self, batch):
-        terms = super().forward(batch)
-        self.calls += 1
-        if self.calls in self.bad_calls:
-            terms["mlm"] = terms["mlm"] * float("nan")
-        return terms
-
-
-def _engine(cfg, objective, tokenizer, corpus, out, resume=False):
-    rows = open_corpus(corpus, tokenizer)
-    collate = MaskingCollator.from_tokenizer(cfg.masking, tokenizer)
-    return Engine(cfg.train, objective, rows, collate, out, cfg, tokenizer=tokenizer,
-                  resume=resume)
-
-
 def test_nonfinite_step_is_skipped_and_counted(tiny_corpus, tiny_tokenizer, tmp_path):
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=6, log_every=1, micro_batch_size=8)
     model = pretrain.build_model(cfg, tiny_tokenizer)
-    engine = _engine(cfg, FlakyObjective(model, bad_calls={3}), tiny_tokenizer, tiny_corpus, tmp_path / "run")
+    engine = engine_on_corpus(cfg, faulty_mlm(model, bad_calls={3}), tiny_tokenizer, tiny_corpus, tmp_path / "run")
     before_third = {}
 
     original_step = engine.step
@@ -200,7 +177,7 @@ def test_nonfinite_step_is_skipped_and_counted(tiny_corpus, tiny_tokenizer, tmp_
 def test_consecutive_nonfinite_stops_with_checkpoint(tiny_corpus, tiny_tokenizer, tmp_path):
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=20, micro_batch_size=8, max_consecutive_nonfinite=3)
     model = pretrain.build_model(cfg, tiny_tokenizer)
-    engine = _engine(cfg, FlakyObjective(model, bad_calls={5, 6, 7, 8}), tiny_tokenizer, tiny_corpus,
+    engine = engine_on_corpus(cfg, faulty_mlm(model, bad_calls={5, 6, 7, 8}), tiny_tokenizer, tiny_corpus,
                      tmp_path / "run")
     with pytest.raises(NonFiniteLossError) as e:
         engine.fit()
@@ -219,7 +196,7 @@ def test_killed_save_leaves_nothing_resume_would_pick(tiny_corpus, tiny_tokenize
     out = tmp_path / "run"
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=8, save_every=4)
     model = pretrain.build_model(cfg, tiny_tokenizer)
-    engine = _engine(cfg, pretrain.MaskedLMObjective(model, cfg.loss_weights), tiny_tokenizer, tiny_corpus, out)
+    engine = engine_on_corpus(cfg, pretrain.MaskedLMObjective(model, cfg.loss_weights), tiny_tokenizer, tiny_corpus, out)
     import kd_core.engine as engine_module
 
     real_save = torch.save
@@ -237,7 +214,7 @@ def test_killed_save_leaves_nothing_resume_would_pick(tiny_corpus, tiny_tokenize
     assert (out / "checkpoint-8.tmp").exists() and not (out / "checkpoint-8").exists()
     assert [s for s, _ in complete_checkpoints(out)] == [4]
     monkeypatch.setattr(engine_module.torch, "save", real_save)
-    resumed = _engine(cfg, pretrain.MaskedLMObjective(pretrain.build_model(cfg, tiny_tokenizer), cfg.loss_weights),
+    resumed = engine_on_corpus(cfg, pretrain.MaskedLMObjective(pretrain.build_model(cfg, tiny_tokenizer), cfg.loss_weights),
                       tiny_tokenizer, tiny_corpus, out, resume=True)
     assert resumed.step_count == 4
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import needs_shared_data
-from kd_core.toy import tiny_bert_teacher
+from kd_core.toy import tiny_bert_teacher, write_tiny_glue
 from kd_core.errors import UserError
 from kd_core.glue import grid as grid_module
 from kd_core.glue.data import GlueFormatError, read_tsv
@@ -107,22 +107,7 @@ def tiny_model(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def tiny_glue(tmp_path_factory):
     """A learnable RTE-shaped task and an STS-B-shaped regression task."""
-    root = tmp_path_factory.mktemp("glue")
-    rng = np.random.default_rng(0)
-    rows = ["index\tsentence1\tsentence2\tlabel"]
-    for i in range(160):
-        yes = i % 2 == 0
-        rows.append(f"{i}\tthe king saw the whale\t{'the king saw the whale' if yes else 'a bad film'}\t"
-                    f"{'entailment' if yes else 'not_entailment'}")
-    _write(root / "RTE" / "train.tsv", "\n".join(rows) + "\n")
-    _write(root / "RTE" / "dev.tsv", "\n".join(rows[:41]) + "\n")
-    rows = ["index\tsentence1\tsentence2\tscore"]
-    for i in range(96):
-        score = float(rng.uniform(0, 5))
-        rows.append(f"{i}\tthe old man\t{'the old man' if score > 2.5 else 'the sea'}\t{score:.2f}")
-    _write(root / "STS-B" / "train.tsv", "\n".join(rows) + "\n")
-    _write(root / "STS-B" / "dev.tsv", "\n".join(rows[:33]) + "\n")
-    return root
+    return write_tiny_glue(tmp_path_factory.mktemp("glue"), n_rte=160, n_stsb=96, n_dev=40)
 
 
 def test_stsb_is_regression(tiny_model, tiny_glue, tmp_path):

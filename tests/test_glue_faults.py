@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kd_core.toy import tiny_bert_teacher
+from kd_core.toy import tiny_bert_teacher, write_tiny_glue
 from kd_core.glue import finetune as finetune_module
 from kd_core.glue import grid as grid_module
 from kd_core.glue.finetune import FinetuneConfig
@@ -45,18 +45,7 @@ def tiny_model(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_glue(tmp_path_factory):
-    root = tmp_path_factory.mktemp("glue")
-    rows = _rte_rows(64)
-    _write(root / "RTE" / "train.tsv", "\n".join([RTE_HEADER, *rows]) + "\n")
-    _write(root / "RTE" / "dev.tsv", "\n".join([RTE_HEADER, *rows[:16]]) + "\n")
-    rng = np.random.default_rng(0)
-    rows = ["index\tsentence1\tsentence2\tscore"]
-    for i in range(48):
-        score = float(rng.uniform(0, 5))
-        rows.append(f"{i}\tthe old man\t{'the old man' if score > 2.5 else 'the sea'}\t{score:.2f}")
-    _write(root / "STS-B" / "train.tsv", "\n".join(rows) + "\n")
-    _write(root / "STS-B" / "dev.tsv", "\n".join(rows[:17]) + "\n")
-    return root
+    return write_tiny_glue(tmp_path_factory.mktemp("glue"), n_rte=64, n_stsb=48, n_dev=16)
 
 
 # ---- divergence through the real training path ---------------------------------------------------------

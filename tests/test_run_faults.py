@@ -13,11 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tiny_pretrain_config, write_config
+from helpers import engine_on_corpus, faulty_mlm, tiny_pretrain_config, write_config
 from kd_core import pretrain
 from kd_core.checkpoint import complete_checkpoints
-from kd_core.data import MaskingCollator, open_corpus
-from kd_core.engine import Engine, NonFiniteLossError
+from kd_core.engine import NonFiniteLossError
 from kd_core.errors import UserError
 from kd_core.metrics_log import read_metrics
 
@@ -133,31 +132,10 @@ def test_a_killed_runs_lock_does_not_block_resume(tiny_corpus, tmp_path):
 
 
 # ---- non-finite gradients and recovery ------------------------------------------------------------
-class NaNGradientObjective(pretrain.MaskedLMObjective):
-    """MLM whose loss stays finite on `bad_calls` while its gradient is NaN (0 * sqrt(0) has the gradient 0 * inf)."""
-
-    def __init__(self, student, bad_calls):
-        super().__init__(student, {"mlm": 1.0})
-        self.bad_calls, self.calls = set(bad_calls), 0
-
-    def forward(self, batch):
-        terms = super().forward(batch)
-        self.calls += 1
-        if self.calls in self.bad_calls:
-            weight = self.student.get_input_embeddings().weight
-            terms["mlm"] = terms["mlm"] + 0 * torch.sqrt(weight.sum() * 0)
-        return terms
-
-
-def _engine(cfg, objective, tokenizer, corpus, out):
-    return Engine(cfg.train, objective, open_corpus(corpus, tokenizer),
-                  MaskingCollator.from_tokenizer(cfg.masking, tokenizer), out, cfg, tokenizer=tokenizer)
-
-
 def test_a_finite_loss_with_a_nan_gradient_is_skipped_and_counted(tiny_corpus, tiny_tokenizer, tmp_path):
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=4, log_every=1, micro_batch_size=8)
     model = pretrain.build_model(cfg, tiny_tokenizer)
-    engine = _engine(cfg, NaNGradientObjective(model, bad_calls={2}), tiny_tokenizer, tiny_corpus, tmp_path / "run")
+    engine = engine_on_corpus(cfg, faulty_mlm(model, {2}, "nan_grad"), tiny_tokenizer, tiny_corpus, tmp_path / "run")
     engine.fit()
     records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
     assert [r["skipped/nonfinite"] for r in records] == [0, 1, 1, 1]
@@ -170,7 +148,7 @@ def test_stop_after_nan_gradients_saves_a_finite_state_and_resume_with_a_lower_l
     out = tmp_path / "run"
     cfg = tiny_pretrain_config(tiny_corpus, max_steps=12, micro_batch_size=8, max_consecutive_nonfinite=2)
     model = pretrain.build_model(cfg, tiny_tokenizer)
-    engine = _engine(cfg, NaNGradientObjective(model, bad_calls={4, 5}), tiny_tokenizer, tiny_corpus, out)
+    engine = engine_on_corpus(cfg, faulty_mlm(model, {4, 5}, "nan_grad"), tiny_tokenizer, tiny_corpus, out)
     with pytest.raises(NonFiniteLossError, match=r"\['grad_norm'\] were non-finite for 2 consecutive steps.*"
                                                  r"parameters of step 3.*checkpoint-5.*train.lr"):
         engine.fit()

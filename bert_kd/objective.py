@@ -28,6 +28,7 @@ from kd_core.layer_map import LayerMap, resolve_layer_map
 from kd_core.objective import Objective, freeze_head
 from kd_core.config import out_of_range
 from kd_core.errors import UserError
+from kd_core.families import family_of
 
 TERMS = ("ce", "mlm", "cos", "mse_logits", "att", "hid", "emb")
 
@@ -42,8 +43,6 @@ class DistilLossConfig:
         return out_of_range([(not self.temperature > 0, f"temperature={self.temperature}: give a value > 0")])
 
 
-def hidden_width(model: nn.Module) -> int:
-    return getattr(model.config, "hidden_size", None) or model.config.dim
 
 
 class DistillationObjective(Objective):
@@ -56,7 +55,7 @@ class DistillationObjective(Objective):
         if len(student.get_input_embeddings().weight) != len(teacher.get_input_embeddings().weight):
             raise UserError(f"vocab mismatch: student has {len(student.get_input_embeddings().weight)} tokens, "
                              f"teacher {len(teacher.get_input_embeddings().weight)}; they must share a tokenizer")
-        s_width, t_width = hidden_width(student), hidden_width(teacher)
+        s_width, t_width = family_of(student).width(student.config), family_of(teacher).width(teacher.config)
         if "cos" in self.active and s_width != t_width:
             raise UserError(f"L_cos compares last hidden states, but the student is {s_width} wide and the teacher "
                              f"{t_width}; use hid (with a learned projection) for narrower students")

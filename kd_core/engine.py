@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from .checkpoint import CorruptCheckpoint, complete_checkpoints, prune_checkpoints, read_checkpoint, write_checkpoint
+from .families import family_of
 from .files import atomic_dir, atomic_write_text, commit_dir
 from .config import check_ranges, dump_config, flatten, out_of_range, to_dict, yaml_load
 from .errors import UserError
@@ -33,7 +34,6 @@ from .metrics_log import MetricsLog, StepAggregate
 from .objective import Objective, weighted_total
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .sampler import MODEL, Collate, GlobalBatchSampler, micro_batch_seed, seeded_loader
-from .student import num_layers
 
 EVAL_SEED = 12345  # held-out masks and samples are the same at every evaluation: comparable over time
 
@@ -144,7 +144,7 @@ class Engine:
         fused = acc.device.type == "cuda"
         optimizer = build_optimizer(objective, train.lr, train.weight_decay,
                                     (train.adam_beta1, train.adam_beta2), train.adam_eps, fused,
-                                    train.layerwise_lr_decay, num_layers(objective.student.config))
+                                    train.layerwise_lr_decay, family_of(objective.student).depth(objective.student.config))
         n_warmup = warmup_steps(train.max_steps, train.warmup_steps, train.warmup_ratio)
         # the scheduler is not prepared by accelerate: it steps once per optimizer step, on every process
         self.scheduler = build_scheduler(optimizer, train.schedule, train.max_steps, n_warmup)

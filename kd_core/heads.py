@@ -12,26 +12,14 @@ from typing import Callable
 
 import torch
 from torch import nn
-from .errors import UserError
+from .families import family_of
 
 IGNORE_INDEX = -100
 
 
 def mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """hidden states (..., hidden) -> vocabulary logits, using the model's own MLM head."""
-    kind = model.config.model_type
-    if kind in ("bert", "roberta", "xlm-roberta", "camembert") and hasattr(model, "cls"):
-        return model.cls
-    if hasattr(model, "lm_head"):  # RoBERTa family
-        return model.lm_head
-    if kind == "electra":
-        return lambda h: model.generator_lm_head(model.generator_predictions(h))
-    if kind == "distilbert":
-        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
-    if hasattr(model, "cls"):
-        return model.cls
-    raise UserError(f"no known MLM head for model type '{kind}' ({type(model).__name__}); "
-                     "add it to kd_core.heads.mlm_head")
+    """hidden states (..., hidden) -> vocabulary logits, using the model's own MLM head (its family's)."""
+    return family_of(model).mlm_head(model)
 
 
 @functools.lru_cache(maxsize=None)

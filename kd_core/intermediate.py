@@ -19,22 +19,11 @@ import torch
 from torch import nn
 
 from . import losses
+from .families import family_of
 from .layer_map import LayerMap
 from .errors import UserError
 
 TERMS = ("emb", "hid", "att")
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    base = model.base_model
-    return base.encoder.layer if hasattr(base, "encoder") else base.transformer.layer  # DistilBERT
-
-
-def query_key_modules(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
-    attention = layer.attention
-    if hasattr(attention, "self"):  # BERT, RoBERTa, ELECTRA
-        return attention.self.query, attention.self.key
-    return attention.q_lin, attention.k_lin  # DistilBERT
 
 
 class AttentionProbe:
@@ -47,12 +36,13 @@ class AttentionProbe:
         config = model.config
         if getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise UserError(f"L_att supports absolute position embeddings, not '{config.position_embedding_type}'")
-        self.heads = getattr(config, "num_attention_heads", None) or config.n_heads
+        family = family_of(model)
+        self.heads = family.heads(config)
         self.captured: dict[tuple[int, str], torch.Tensor] = {}
         self.handles = []
-        modules = encoder_layers(model)
+        modules = family.encoder_layers(model)
         for i in sorted(set(layers)):
-            for kind, module in zip(("q", "k"), query_key_modules(modules[i])):
+            for kind, module in zip(("q", "k"), family.query_key(modules[i])):
                 self.handles.append(module.register_forward_hook(self._keep(i, kind)))
 
     def _keep(self, layer: int, kind: str):

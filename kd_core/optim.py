@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 from transformers import get_scheduler
+
+from .families import layer_index
 from .errors import UserError
 
 
 def layer_depth(name: str, n_layers: int) -> int:
     """0 for embeddings, i+1 for encoder layer i, n_layers+1 for everything above (heads, pooler)."""
-    m = re.search(r"\.(?:layer|layers)\.(\d+)\.", name)
-    if m:
-        return int(m.group(1)) + 1
+    layer = layer_index(name)
+    if layer is not None:
+        return layer + 1
     return 0 if "embeddings" in name else n_layers + 1
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from .checkpoint import seed_everything
+from .families import family_of
 from .files import atomic_dir, atomic_write_text, commit_dir
 from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
 from .engine import Engine, TrainConfig
@@ -46,8 +47,8 @@ def check_compatible(model: nn.Module, tokenizer, max_len: int) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"vocab mismatch: tokenizer '{tokenizer.name_or_path}' has {len(tokenizer)} tokens but "
                         f"the model's embedding has {model.config.vocab_size}; use the model's own tokenizer")
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and max_len > limit:
+    limit = family_of(model).max_length(model.config)
+    if max_len > limit:
         raise UserError(f"sequence length {max_len} is over the model's limit of {limit} positions; "
                         "prepare the corpus with a smaller --max-len")
 

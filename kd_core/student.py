@@ -9,7 +9,6 @@ shape matches is copied (embeddings and MLM head included); what could not be co
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,11 +16,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
+from .families import LAYER_NAME, family_of
+from .families.distilbert import bert_to_distilbert
 from .layer_map import LayerMap, resolve_layer_map
 from .config import out_of_range
 from .errors import UserError, one_line
 
-LAYER_KEY = re.compile(r"^(.*\.(?:layer|layers))\.(\d+)\.(.*)$")
 
 
 @dataclass
@@ -44,45 +44,6 @@ class StudentConfig:
                              for k, v in sizes.items()])
 
 
-# BERT parameter names -> DistilBERT's (HF extract_distilbert.py does the same renaming)
-BERT_TO_DISTILBERT = [
-    (r"^bert\.embeddings\.(word_embeddings|position_embeddings|LayerNorm)\.", r"distilbert.embeddings.\1."),
-    (r"^bert\.encoder\.layer\.(\d+)\.attention\.self\.query\.", r"distilbert.transformer.layer.\1.attention.q_lin."),
-    (r"^bert\.encoder\.layer\.(\d+)\.attention\.self\.key\.", r"distilbert.transformer.layer.\1.attention.k_lin."),
-    (r"^bert\.encoder\.layer\.(\d+)\.attention\.self\.value\.", r"distilbert.transformer.layer.\1.attention.v_lin."),
-    (r"^bert\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"distilbert.transformer.layer.\1.attention.out_lin."),
-    (r"^bert\.encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"distilbert.transformer.layer.\1.sa_layer_norm."),
-    (r"^bert\.encoder\.layer\.(\d+)\.intermediate\.dense\.", r"distilbert.transformer.layer.\1.ffn.lin1."),
-    (r"^bert\.encoder\.layer\.(\d+)\.output\.dense\.", r"distilbert.transformer.layer.\1.ffn.lin2."),
-    (r"^bert\.encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"distilbert.transformer.layer.\1.output_layer_norm."),
-    (r"^cls\.predictions\.transform\.dense\.", "vocab_transform."),
-    (r"^cls\.predictions\.transform\.LayerNorm\.", "vocab_layer_norm."),
-    (r"^cls\.predictions\.decoder\.weight$", "vocab_projector.weight"),
-    (r"^cls\.predictions\.bias$", "vocab_projector.bias"),
-]
-
-
-def bert_to_distilbert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename BERT tensors to DistilBERT's. DistilBERT has no token types: token type 0's embedding
-    is folded into the position embeddings, so single-segment inputs embed exactly as in BERT."""
-    state = dict(state)
-    token_types = state.get("bert.embeddings.token_type_embeddings.weight")
-    if token_types is not None:
-        state["bert.embeddings.position_embeddings.weight"] = (
-            state["bert.embeddings.position_embeddings.weight"] + token_types[0])
-    out = {}
-    for key, value in state.items():
-        for pattern, replacement in BERT_TO_DISTILBERT:
-            new, n = re.subn(pattern, replacement, key)
-            if n:
-                out[new] = value
-                break
-    return out
-
-
-def num_layers(config) -> int:
-    """Encoder depth of an HF config (DistilBERT calls it n_layers)."""
-    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
 
 
 def student_config(teacher_config, cfg: StudentConfig):
@@ -116,7 +77,7 @@ def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: lis
     target = student.state_dict()
     picked, skipped = {}, []
     for key, tensor in target.items():
-        m = LAYER_KEY.match(key)
+        m = LAYER_NAME.match(key)
         source_key = f"{m.group(1)}.{layers[int(m.group(2))]}.{m.group(3)}" if m else key
         if source_key in source and source[source_key].shape == tensor.shape:
             picked[key] = source[source_key]
@@ -126,13 +87,13 @@ def copy_layers(source: dict[str, torch.Tensor], student: nn.Module, layers: lis
         raise UserError("nothing could be copied into the student: the source's parameter names or shapes all "
                         "differ from the student's (another architecture, or a narrower student whose embeddings "
                         "differ too); use student.init=random, or a source of the student's architecture")
-    unfit = [k for k in skipped if LAYER_KEY.match(k) and target[k].is_floating_point()]
+    unfit = [k for k in skipped if LAYER_NAME.match(k) and target[k].is_floating_point()]
     embeddings_fit = any("word_embeddings" in k for k in picked)
     if unfit and embeddings_fit:  # e.g. ELECTRA's narrow embedding_size equals a narrow student's width
         print(f"warning: only the embeddings and head fit the student; its {len(unfit)} layer tensors start random")
     elif unfit:  # a student "initialised from the teacher" that kept random layers would be a silent lie
         key = unfit[0]
-        m = LAYER_KEY.match(key)
+        m = LAYER_NAME.match(key)
         source_key = f"{m.group(1)}.{layers[int(m.group(2))]}.{m.group(3)}"
         theirs = tuple(source[source_key].shape) if source_key in source else "absent"
         raise UserError(f"{len(unfit)} of the student's layer tensors do not fit the source's (e.g. {key}: student "
@@ -171,7 +132,7 @@ def load_masked_lm(name_or_path: str, new_head: bool = False) -> nn.Module:
 
 def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> tuple[nn.Module, LayerMap, dict]:
     """Student model, its layer map (for the intermediate losses), and an init report."""
-    layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), cfg.num_layers)
+    layer_map = resolve_layer_map(cfg.layers, family_of(teacher).depth(teacher.config), cfg.num_layers)
     config = student_config(teacher.config, cfg)
     if cfg.arch == "distilbert":
         student = DistilBertForMaskedLM(config)
@@ -192,7 +153,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
         source = donor.state_dict()
         if cfg.arch == "distilbert" and donor.config.model_type == "bert":
             source = bert_to_distilbert(source)
-        n_donor = num_layers(donor.config)
+        n_donor = family_of(donor).depth(donor.config)
         if any(not 0 <= i < n_donor for i in cfg.init_layers):
             raise UserError(f"student.init_layers {cfg.init_layers} outside the checkpoint's 0..{n_donor - 1}")
         report["copied"], report["not_copied"] = copy_layers(source, student, cfg.init_layers)

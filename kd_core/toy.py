@@ -107,3 +107,39 @@ def write_tiny_glue(root: Path, n_rte: int = 48, n_stsb: int = 48, n_dev: int = 
         (root / folder / "train.tsv").write_text("\n".join(rows) + "\n")
         (root / folder / "dev.tsv").write_text("\n".join(rows[:n_dev + 1]) + "\n")
     return root
+
+
+def make_roberta_tokenizer(directory: Path):
+    """A byte-level BPE tokenizer (RoBERTa's kind: <s> </s> <pad> <mask>, 'Ġ' marks word starts), trained on
+    the toy sentences."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import RobertaTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SENTENCES * 4 + [" ".join(WORDS)], vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe._tokenizer.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    tok = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                               cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                               model_max_length=512)
+    tok.save_pretrained(directory)
+    return tok
+
+
+def tiny_roberta_teacher(directory: Path, tokenizer, layers: int = 4, hidden: int = 32, seed: int = 0,
+                         dropout: float = 0.0):
+    """A random RobertaForMaskedLM (positions offset by the padding index, one token type) with its tokenizer."""
+    import torch
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(seed)
+    model = RobertaForMaskedLM(RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=64 + tokenizer.pad_token_id + 1,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        type_vocab_size=1, initializer_range=0.2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model

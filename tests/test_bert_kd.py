@@ -16,7 +16,8 @@ from kd_core.config import load_config
 from kd_core.data import MaskingCollator, MaskingConfig
 from kd_core.layer_map import resolve_layer_map
 from kd_core.metrics_log import read_metrics
-from kd_core.student import StudentConfig, bert_to_distilbert, build_student
+from kd_core.families.distilbert import bert_to_distilbert
+from kd_core.student import StudentConfig, build_student
 from kd_core.errors import UserError
 from test_losses import ref_kd_kl
 

@@ -21,12 +21,12 @@ from torch import nn
 
 from ..checkpoint import seed_everything
 from ..errors import UserError
+from ..families import family_of
 from ..heads import encoder_inputs
 from ..intermediate import IntermediateLosses
 from ..layer_map import resolve_layer_map
 from ..losses import kd_kl, logits_mse
 from ..objective import Objective, freeze_head
-from ..student import num_layers
 from .finetune import FinetuneConfig, evaluate, load_for_task, task_rows, train_and_evaluate
 from .metrics import combined_score
 from .tasks import Task
@@ -44,8 +44,6 @@ class TaskDistillConfig:
     layers: str = "uniform_last"  # student layer i imitates this teacher layer (TinyBERT's g(m))
 
 
-def width(model: nn.Module) -> int:
-    return getattr(model.config, "hidden_size", None) or model.config.dim
 
 
 class TaskDistillObjective(Objective):
@@ -59,8 +57,10 @@ class TaskDistillObjective(Objective):
             raise UserError(f"the teacher has {teacher.config.num_labels} outputs, task {task.name} needs "
                             f"{task.num_labels}: give a teacher fine-tuned on {task.name}")
         self.task, self.cfg = task, cfg
-        layer_map = resolve_layer_map(cfg.layers, num_layers(teacher.config), num_layers(student.config))
-        self.intermediate = IntermediateLosses(self.active, width(student), width(teacher), layer_map)
+        s_family, t_family = family_of(student), family_of(teacher)
+        layer_map = resolve_layer_map(cfg.layers, t_family.depth(teacher.config), s_family.depth(student.config))
+        self.intermediate = IntermediateLosses(self.active, s_family.width(student.config), t_family.width(teacher.config),
+                                               layer_map)
         self.intermediate.attach(student, teacher)
         if not self.active & {"pred", "hard"}:
             freeze_head(student)  # stage 1 trains no classifier

@@ -17,6 +17,7 @@ from ..config import load_config
 from ..data import pad_rows
 from ..engine import Engine, TrainConfig
 from ..errors import UserError, one_line
+from ..families import family_of
 from ..heads import encoder_inputs
 from ..objective import Objective
 from .data import Example, load_split
@@ -134,8 +135,9 @@ def check_model(model_path: str) -> None:
 def check_positions(model_path: str, max_len: int, examples: list[Example]) -> None:
     """No input may be longer than the model's position embeddings (it would index past them). Only a
     max_len over them needs the examples tokenized, and is an error only if one of them is that long."""
-    positions = getattr(_load(AutoConfig, model_path), "max_position_embeddings", None)
-    if not positions or max_len <= positions:
+    config = _load(AutoConfig, model_path)
+    positions = family_of(config).max_length(config)
+    if max_len <= positions:
         return
     longest = int(encode(_load(AutoTokenizer, model_path), examples, max_len).lengths().max())
     if longest > positions:

@@ -1,7 +1,7 @@
 """The main job, offline on a CPU: real English teachers, distilled 3-layer BERT and ELECTRA students,
 all fine-tuned on a labelled task, one table.
 
-python recipes/quickstart.py [--output-dir runs/quickstart] [--smoke] [--results results/quickstart.md]
+python recipes/quickstart.py [--output-dir runs/quickstart] [--smoke] [--results FILE.md]
 
 1. text: ../shared/data/corpus when present, else the vaderSentiment 3.3.2 snippets (PyPI, sha256-checked);
    prepared with the all-MiniLM-L6-v2 tokenizer;
@@ -28,6 +28,7 @@ from kd_core.latency import time_full_pass
 from electra_kd.distill import ElectraRunConfig, run as run_electra_kd
 from kd_core.assets import fetch_vader
 from kd_core.files import atomic_write_text
+from kd_core.plot import loss_curves
 from kd_core.config import load_config
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/quickstart")
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--results", help="where the table goes (default: results/quickstart.md, or the run dir in smoke)")
+    parser.add_argument("--results", help="where the table goes (default: <output-dir>/quickstart.md; the committed "
+                                          "one is results/quickstart.md)")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     out = Path(args.output_dir)
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         retained = f"{100 * row['accuracy'] / rows[row['teacher']]['accuracy']:.1f}%" if row["teacher"] else "–"
         lines.append(f"| {label} | {row['params_m']:.1f} | {row['latency_ms']:.2f} | {row['accuracy']:.1f} | {retained} |")
     total = time.perf_counter() - t_start
+    target = Path(args.results) if args.results else out / "quickstart.md"
     prov = provenance("python recipes/quickstart.py " + " ".join(sys.argv[1:] if argv is None else argv))
     text = "\n".join([
         f"# Quickstart: distilled BERT and ELECTRA students vs their teachers{' (SMOKE)' if smoke else ''}", "",
@@ -125,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Distillation text: {text_source}; task: {task_source}; {steps} steps for each teacher adaptation and each "
         "student (batch 16 x 64 tokens); fine-tuning 1 epoch, lr 1e-4, batch 32, seed 0.",
         "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f}.",
-        f"Inspect the losses: tensorboard --logdir {out}",
+        f"Loss curves of both students: {Path(target).with_suffix('.png').name}; inspect every run: "
+        f"tensorboard --logdir {out}",
         "", "Provenance: " + json.dumps(prov), ""])
-    target = Path(args.results) if args.results else (out / "quickstart.md" if smoke else HERE.parent / "results" / "quickstart.md")
     atomic_write_text(target, text)
+    loss_curves([bert_dir, electra_dir], target.with_suffix(".png"), ["BERT student", "ELECTRA student"])
     print(text)
     return 0
 

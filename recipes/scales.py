@@ -33,6 +33,7 @@ from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.report import markdown_table
 from kd_core.glue.tasks import get_task
+from kd_core.plot import loss_curves
 from kd_core.toy import write_tiny_glue
 from kd_core.errors import UserError
 
@@ -190,9 +191,13 @@ def write_table(args: argparse.Namespace, name: str, title: str, results: list[d
         Path(args.output_dir) / f"{name}.md" if s.scale == "smoke" else ROOT / "results" / f"{name}.md")
     prov = provenance(f"python recipes/{name}.py " + " ".join(argv))
     prov.update(scale=s.scale, seeds=s.grid.seeds, wall_s=round(time.perf_counter() - t0, 1), torch=torch.__version__)
-    text = "\n".join([f"# {title}", "", markdown_table(results, references), "", *notes, "",
+    runs = [(Path(r["model"]).parent, r["label"]) for r in results if (Path(r["model"]).parent / "metrics.jsonl").is_file()]
+    figure = [f"Loss curves of the distilled runs: {path.with_suffix('.png').name}.", ""] if runs else []
+    text = "\n".join([f"# {title}", "", markdown_table(results, references), "", *notes, "", *figure,
                       f"Setup: {s.description}.", "", "Provenance: " + json.dumps(prov), ""])
     path.parent.mkdir(parents=True, exist_ok=True)
+    if runs:
+        loss_curves([d for d, _ in runs], path.with_suffix(".png"), [label for _, label in runs])
     atomic_write_text(path, text)
     atomic_write_text(path.with_suffix(".json"), json.dumps({"results": results, "references": references,
                                                              "provenance": prov}, indent=1))

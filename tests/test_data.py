@@ -321,7 +321,7 @@ def test_prepare_real_corpus_sample(tmp_path):
 
     try:
         tok_dir = minilm_dir()
-    except FileNotFoundError as e:
+    except UserError as e:
         pytest.skip(str(e))
     stats = prepare(PrepareConfig(tokenizer=str(tok_dir), inputs=[str(corpus)], output=str(tmp_path / "wiki"),
                                   max_len=128))

@@ -71,9 +71,11 @@ def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
     needs_shared_data("corpus")
     from kd_core.assets import minilm_dir
 
+    from kd_core.errors import UserError
+
     try:
         minilm_dir()
-    except FileNotFoundError as e:
+    except UserError as e:
         pytest.skip(str(e))
     monkeypatch.setenv("ELECTRA_KD_CACHE", str(tmp_path / "cache"))
     import quickstart
@@ -83,3 +85,4 @@ def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
     for row in ("MLM teacher (6 layers)", "BERT student (3 layers)", "ELECTRA teacher (6 layers)", "ELECTRA student (3 layers)"):
         assert f"| {row} |" in table
     assert "tensorboard --logdir" in table
+    assert (tmp_path / "qs" / "quickstart.png").read_bytes().startswith(b"\x89PNG")

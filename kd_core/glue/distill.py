@@ -28,7 +28,6 @@ from ..layer_map import resolve_layer_map
 from ..losses import kd_kl, logits_mse
 from ..objective import Objective, freeze_head
 from .finetune import FinetuneConfig, evaluate, load_for_task, task_rows, train_and_evaluate
-from .metrics import combined_score
 from .tasks import Task
 
 
@@ -111,7 +110,6 @@ def distill_and_evaluate(student_path: str, teacher_path: str, task: Task, glue_
         objective.intermediate.detach_probes()
         stages[name] = {"weights": weights, "steps": run["steps"],
                         "final": {k: v for k, v in run["summary"].items() if k.startswith("loss/")}}
-    metrics = evaluate(student, tokenizer, task, dev, cfg, run["device"])
-    return {"metrics": metrics, "combined": combined_score(task, metrics), "seed": seed, "teacher": teacher_path,
+    return {**evaluate(student, tokenizer, task, dev, cfg, run["device"]), "seed": seed, "teacher": teacher_path,
             "distill": dcfg.__dict__, "stages": stages, "train_examples": len(train_rows),
             "wall_s": round(time.perf_counter() - t0, 1)}

@@ -180,12 +180,17 @@ def train_and_evaluate(objective: Objective, tokenizer, task: Task, train_rows,
     return {"summary": summary, "steps": tcfg.max_steps, "device": engine.accelerator.device}
 
 
-def evaluate(model: nn.Module, tokenizer, task: Task, dev: dict, cfg: FinetuneConfig, device) -> dict[str, float]:
+def evaluate(model: nn.Module, tokenizer, task: Task, dev: dict, cfg: FinetuneConfig, device) -> dict:
+    """Every metric of every dev split, and the per-example predictions and labels behind them (kept in
+    result.json so two models can be compared example by example: kd_core.glue.compare)."""
     collate = make_collate(tokenizer.pad_token_id, task.is_regression)
     metrics: dict[str, float] = {}
+    examples: dict[str, dict[str, list[float]]] = {}
     for split, (rows, labels) in dev.items():
-        metrics.update(split_metrics(task, predict(model, rows, collate, cfg.eval_batch_size, device), labels, split))
-    return metrics
+        predictions = predict(model, rows, collate, cfg.eval_batch_size, device)
+        metrics.update(split_metrics(task, predictions, labels, split))
+        examples[split] = {"predictions": predictions.tolist(), "labels": np.asarray(labels, dtype=float).tolist()}
+    return {"metrics": metrics, "combined": combined_score(task, metrics), "dev_examples": examples}
 
 
 def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg: FinetuneConfig, seed: int,
@@ -197,12 +202,11 @@ def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg
     train_rows, dev = task_rows(task, glue_dir, cfg, tokenizer, data_cache if data_cache is not None else {})
     run = train_and_evaluate(ClassificationObjective(model, task.is_regression), tokenizer, task,
                              train_rows, cfg, seed, output_dir)
-    metrics = evaluate(model, tokenizer, task, dev, cfg, run["device"])
+    scores = evaluate(model, tokenizer, task, dev, cfg, run["device"])
     if cfg.save_model:
         tmp = atomic_dir(Path(output_dir) / "model")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         commit_dir(tmp, Path(output_dir) / "model")
-    return {"metrics": metrics, "combined": combined_score(task, metrics), "seed": seed,
-            "train_examples": len(train_rows), "steps": run["steps"],
+    return {**scores, "seed": seed, "train_examples": len(train_rows), "steps": run["steps"],
             "final_train_loss": run["summary"].get("loss/task"), "wall_s": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,72 @@
+"""The paired bootstrap against hand-computed cases, and `python -m kd_core.glue.compare` on real runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kd_core.glue.compare import compare_results, main, metric_of, paired_bootstrap
+from kd_core.glue.grid import GridConfig, run_grid
+from kd_core.glue.tasks import get_task
+from kd_core.toy import tiny_bert_teacher, write_tiny_glue
+
+ACCURACY = metric_of(get_task("rte"), "dev")[1]
+
+
+def test_two_examples_match_the_exact_bootstrap_distribution():
+    """A right on example 0 only, B on neither. Resamples of 2 examples: {0,0} w.p. 1/4 (A - B = 100),
+    {0,1} w.p. 1/2 (50), {1,1} w.p. 1/4 (0): observed 50, 95% interval [0, 100], P(d <= 0) = 1/4, so
+    the two-sided p is 2 x 1/4 = 0.5, and the interval does not exclude 0."""
+    labels = np.array([1, 1])
+    out = paired_bootstrap(ACCURACY, labels, [np.array([1, 0])], [np.array([0, 0])], replicates=20000)
+    assert out["diff"] == 50.0
+    assert (out["low"], out["high"]) == (0.0, 100.0)
+    assert out["p_value"] == pytest.approx(0.5, abs=0.02)
+    assert out["significant"] is False
+
+
+def test_a_real_difference_is_significant_and_no_difference_is_not():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    perfect, coin = labels.copy(), rng.integers(0, 2, 400)
+    strong = paired_bootstrap(ACCURACY, labels, [perfect], [coin], replicates=1000)
+    assert strong["significant"] and strong["low"] > 40 and strong["p_value"] <= 1 / 1000 + 1e-12
+    same = paired_bootstrap(ACCURACY, labels, [coin], [coin], replicates=1000)
+    assert same["diff"] == 0 and not same["significant"] and same["p_value"] == 1.0
+
+
+def test_each_dev_split_compares_its_own_primary_metric():
+    assert metric_of(get_task("mnli"), "dev_matched")[0] == "accuracy_m"
+    assert metric_of(get_task("mnli"), "dev_mismatched")[0] == "accuracy_mm"
+    assert metric_of(get_task("mrpc"), "dev")[0] == "f1"
+
+
+def test_seeds_are_combined_by_their_mean():
+    labels = np.array([1, 0, 1, 0])
+    a = [np.array([1, 0, 1, 0]), np.array([1, 0, 0, 0])]  # 100% and 75%
+    b = [np.array([0, 0, 0, 0])]  # 50%
+    assert paired_bootstrap(ACCURACY, labels, a, b, replicates=200)["diff"] == pytest.approx(37.5)
+
+
+@pytest.mark.slow
+def test_compare_cli_on_two_fine_tuned_models(tiny_tokenizer, tmp_path, capsys):
+    glue = write_tiny_glue(tmp_path / "glue", n_rte=64, n_stsb=48, n_dev=16)
+    grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=2)
+    grid.finetune.epochs, grid.finetune.max_len = 2.0, 32
+    for name, seed in (("a", 0), ("b", 1)):
+        tiny_bert_teacher(tmp_path / name, tiny_tokenizer, layers=1, seed=seed)
+        run_grid(str(tmp_path / name), [get_task("rte"), get_task("stsb")], str(glue), grid, tmp_path / f"glue_{name}")
+    a = json.loads((tmp_path / "glue_a" / "results.json").read_text())
+    run = a["tasks"]["rte"]["cells"][a["tasks"]["rte"]["chosen"]]["runs"][0]
+    assert len(run["dev_examples"]["dev"]["predictions"]) == 16
+    rows = compare_results(a, a, replicates=200)
+    assert [(r.task, r.metric, r.diff, r.significant) for r in rows] == [("rte", "accuracy", 0.0, False),
+                                                                        ("stsb", "pearson", 0.0, False)]
+    assert main([str(tmp_path / "glue_a"), str(tmp_path / "glue_b"), "--boot", "200",
+                 "--json", str(tmp_path / "cmp.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| rte | accuracy |" in table and "| stsb | pearson |" in table and "(2)" in table
+    assert len(json.loads((tmp_path / "cmp.json").read_text())) == 2
+    assert main([str(tmp_path / "glue_a"), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no results.json" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""CPU inference time of an encoder over sentence pairs at batch size 1 (DistilBERT's Table 3 measure)."""
+"""CPU inference time of encoders over sentence pairs at batch size 1 (DistilBERT's Table 3 measure).
+
+Models are measured in turns: each pass times every model once over all pairs, so a machine that gets
+busier or quieter during the measurement slows every model alike; each model's time is the median of
+its passes, and its ratio to the first model (the teacher) is the median of the per-pass ratios.
+"""
 from __future__ import annotations
 
 import statistics
@@ -9,19 +14,29 @@ from transformers import AutoModel, AutoTokenizer
 
 
 @torch.inference_mode()
-def time_full_pass(path: str, pairs: list[tuple[str, str]], repeats: int = 3) -> dict:
-    """Median over `repeats` full passes (one pass is noisy on a shared CPU)."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-    encoded = [tokenizer(a, b, return_tensors="pt", truncation=True, max_length=128) for a, b in pairs]
-    for batch in encoded[:5]:  # warm-up
-        model(**batch)
-    passes = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for batch in encoded:
+def interleaved_latency(paths: dict[str, str], pairs: list[tuple[str, str | None]], passes: int = 5) -> dict[str, dict]:
+    """{label: params_m, seconds (median pass), ms_per_pair, passes (s), speedup (first model's pass time /
+    this model's, median over passes)} for each model directory or hub name in `paths`."""
+    models = {}
+    for label, path in paths.items():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        encoded = [tokenizer(a, b, return_tensors="pt", truncation=True, max_length=128) for a, b in pairs]
+        for batch in encoded[:5]:  # warm-up
             model(**batch)
-        passes.append(time.perf_counter() - t0)
-    seconds = statistics.median(passes)
-    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "seconds": seconds,
-            "ms_per_pair": 1000 * seconds / len(encoded), "passes": [round(x, 2) for x in passes]}
+        models[label] = (model, encoded)
+    times: dict[str, list[float]] = {label: [] for label in models}
+    for _ in range(passes):
+        for label, (model, encoded) in models.items():
+            t0 = time.perf_counter()
+            for batch in encoded:
+                model(**batch)
+            times[label].append(time.perf_counter() - t0)
+    first = next(iter(times.values()))
+    out = {}
+    for label, (model, encoded) in models.items():
+        seconds = statistics.median(times[label])
+        out[label] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "seconds": seconds,
+                      "ms_per_pair": 1000 * seconds / len(encoded), "passes": [round(x, 3) for x in times[label]],
+                      "speedup": statistics.median(f / t for f, t in zip(first, times[label]))}
+    return out

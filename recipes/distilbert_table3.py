@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from kd_core.files import atomic_write_text
 from kd_core.glue.data import read_tsv
-from kd_core.latency import time_full_pass
+from kd_core.latency import interleaved_latency
 from kd_core.glue.grid import provenance
 from kd_core.glue.tasks import get_task
 from kd_core.student import StudentConfig, build_student, load_masked_lm
@@ -93,12 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             models = smoke_models(Path(tmp))
         pairs = stsb_pairs(args.glue_dir, limit)
-        rows = [(label, time_full_pass(path, pairs)) for label, path in models]
-    base = rows[0][1]["seconds"]
-    lines = ["| model | # param. (millions) | inference time (s), median of 3 passes | passes (s) | ms per pair |"
-             " speed vs first row |", "|---|---|---|---|---|---|"]
+        rows = list(interleaved_latency(dict(models), pairs, passes=3).items())
+    lines = ["| model | # param. (millions) | inference time (s), median of 3 interleaved passes | passes (s) | "
+             "ms per pair | speed vs first row (median of per-pass ratios) |", "|---|---|---|---|---|---|"]
     lines += [f"| {label} | {r['params_m']:.2f} | {r['seconds']:.1f} | {', '.join(map(str, r['passes']))} | "
-              f"{r['ms_per_pair']:.2f} | {base / r['seconds']:.2f}x |" for label, r in rows]
+              f"{r['ms_per_pair']:.2f} | {r['speedup']:.2f}x |" for label, r in rows]
     lines += [f"| {label} | {params} | {seconds} | – | – | – |" for label, params, seconds in QUOTED]
     prov = provenance("python recipes/distilbert_table3.py " + " ".join(sys.argv[1:] if argv is None else argv))
     prov.update(threads=torch.get_num_threads(), torch=torch.__version__, pairs=len(pairs),

@@ -85,4 +85,5 @@ def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
     for row in ("MLM teacher (6 layers)", "BERT student (3 layers)", "ELECTRA teacher (6 layers)", "ELECTRA student (3 layers)"):
         assert f"| {row} |" in table
     assert "tensorboard --logdir" in table
+    assert "median of 2 interleaved passes" in table and "speed-up vs teacher" in table
     assert (tmp_path / "qs" / "quickstart.png").read_bytes().startswith(b"\x89PNG")

@@ -209,7 +209,8 @@ def test_two_stage_distillation_through_the_grid(tiny_glue, tmp_path, tiny_token
     _classifier(tmp_path / "student", tiny_tokenizer, 2, seed=2)
     grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=1),
                       teacher=str(tmp_path / "teacher-{task}"),
-                      distill=TaskDistillConfig(mode="two-stage", stage1_epochs=1, hard_weight=0.5))
+                      distill=TaskDistillConfig(mode="two-stage", stage1_epochs=1,
+                                                        loss_weights={"pred": 1, "hard": 0.5, "emb": 1, "hid": 1, "att": 1}))
     results = run_grid(str(tmp_path / "student"), [get_task("rte")], str(tiny_glue), grid, tmp_path / "out")
     run = results["tasks"]["rte"]["cells"]["lr0.001_bs16"]["runs"][0]
     assert run["teacher"].endswith("teacher-rte")

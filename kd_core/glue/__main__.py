@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                   weight_decay=args.weight_decay, layerwise_lr_decay=args.layerwise_lr_decay,
                                   max_train_examples=args.max_train_examples, mixed_precision=args.mixed_precision)
         distill = TaskDistillConfig(mode=args.distill, pred_loss=args.pred_loss, temperature=args.temperature,
-                                    hard_weight=args.hard_weight)
+                                    loss_weights={**TaskDistillConfig().loss_weights, "hard": args.hard_weight})
         grid = GridConfig(lrs=args.lrs, batch_sizes=args.batch_sizes, seeds=args.seeds, finetune=finetune,
                           teacher=args.teacher, distill=distill)
         results.update(run_grid(args.model, tasks, args.glue_dir, grid, args.output_dir,

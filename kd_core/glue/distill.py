@@ -12,7 +12,7 @@ continues from it with pred (+ hard). The loss functions (kd_core.losses) and la
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,13 +36,12 @@ class TaskDistillConfig:
     mode: Literal["pred", "two-stage"] = "pred"
     pred_loss: Literal["kl", "mse"] = "kl"
     temperature: float = 1.0
-    pred_weight: float = 1.0
-    hard_weight: float = 0.0
     stage1_epochs: float = 3.0
-    intermediate_weight: float = 1.0  # each of emb, hid, att in stage 1
     layers: str = "uniform_last"  # student layer i imitates this teacher layer (TinyBERT's g(m))
-
-
+    # as in bert_kd, one weight per logged term: pred and hard train in "pred" mode and in stage 2;
+    # emb, hid and att in stage 1 of "two-stage"
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"pred": 1.0, "hard": 0.0, "emb": 1.0,
+                                                                    "hid": 1.0, "att": 1.0})
 
 
 class TaskDistillObjective(Objective):
@@ -86,11 +85,14 @@ class TaskDistillObjective(Objective):
 
 def stage_weights(cfg: TaskDistillConfig) -> list[tuple[str, dict[str, float], float | None]]:
     """(name, loss weights, epochs) of each stage; epochs None means the fine-tuning config's."""
-    prediction = {"pred": cfg.pred_weight, "hard": cfg.hard_weight}
+    unknown = sorted(set(cfg.loss_weights) - {"pred", "hard", "emb", "hid", "att"})
+    if unknown:
+        raise UserError(f"unknown task-distillation term(s) {unknown}; terms: pred, hard, emb, hid, att")
+    weight = {k: cfg.loss_weights.get(k, 0.0) for k in ("pred", "hard", "emb", "hid", "att")}
+    prediction = {k: weight[k] for k in ("pred", "hard")}
     if cfg.mode == "pred":
         return [("pred", prediction, None)]
-    w = cfg.intermediate_weight
-    return [("stage1", {"emb": w, "hid": w, "att": w}, cfg.stage1_epochs), ("stage2", prediction, None)]
+    return [("stage1", {k: weight[k] for k in ("emb", "hid", "att")}, cfg.stage1_epochs), ("stage2", prediction, None)]
 
 
 def distill_and_evaluate(student_path: str, teacher_path: str, task: Task, glue_dir: str | None,

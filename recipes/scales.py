@@ -29,6 +29,7 @@ ROOT = HERE.parent
 
 from kd_core.files import atomic_write_text
 from kd_core.config import load_config
+from kd_core.glue.compare import has_predictions, macro_difference
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.report import markdown_table
@@ -229,5 +230,21 @@ def ordering_note(results: list[dict], references: list[dict], pairs: list[tuple
         paper = " > ".join(f"{p[1]} ({quoted[p[1]]:.1f})" for p in paper_order)
         verdict = "agrees with" if [p[0] for p in our_order] == [p[0] for p in paper_order] else "DISAGREES with"
         sentences.append(f"Ordering by macro over {', '.join(tasks)}: ours {ranking}; this {verdict} the quoted "
-                         f"ordering {paper}.")
+                         f"ordering {paper}{significance_of(results, [p[0] for p in our_order], tasks)}.")
     return " ".join(sentences)
+
+
+def significance_of(results: list[dict], order: list[str], tasks: list[str]) -> str:
+    """Each step of our ranking as a paired-bootstrap difference in macro (95% interval); an ordering only
+    counts where the interval excludes 0. Empty without per-example predictions (older runs)."""
+    by_label = {r["label"]: r for r in results}
+    if not all(has_predictions(by_label[label], tasks) for label in order):
+        return " (raw means; no per-example predictions to test the differences)"
+    steps = []
+    for high, low in zip(order, order[1:]):
+        d = macro_difference(by_label[high], by_label[low], tasks)
+        steps.append(f"{high} - {low} = {d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+                     + ("" if d["significant"] else " within noise"))
+    unresolved = sum("within noise" in step for step in steps)
+    return (f"; paired bootstrap over dev examples and seeds, 95% intervals: {'; '.join(steps)}"
+            + (f" ({unresolved} of {len(steps)} steps not resolved by this data)" if unresolved else ""))

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from kd_core.glue.compare import compare_results, main, metric_of, paired_bootstrap
+from kd_core.glue.compare import Block, compare_results, macro_difference, main, metric_of, paired_bootstrap
 from kd_core.glue.grid import GridConfig, run_grid
 from kd_core.glue.tasks import get_task
 from kd_core.toy import tiny_bert_teacher, write_tiny_glue
@@ -19,7 +19,7 @@ def test_two_examples_match_the_exact_bootstrap_distribution():
     {0,1} w.p. 1/2 (50), {1,1} w.p. 1/4 (0): observed 50, 95% interval [0, 100], P(d <= 0) = 1/4, so
     the two-sided p is 2 x 1/4 = 0.5, and the interval does not exclude 0."""
     labels = np.array([1, 1])
-    out = paired_bootstrap(ACCURACY, labels, [np.array([1, 0])], [np.array([0, 0])], replicates=20000)
+    out = paired_bootstrap([Block(ACCURACY, labels, [np.array([1, 0])], [np.array([0, 0])])], replicates=20000)
     assert out["diff"] == 50.0
     assert (out["low"], out["high"]) == (0.0, 100.0)
     assert out["p_value"] == pytest.approx(0.5, abs=0.02)
@@ -30,9 +30,9 @@ def test_a_real_difference_is_significant_and_no_difference_is_not():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 400)
     perfect, coin = labels.copy(), rng.integers(0, 2, 400)
-    strong = paired_bootstrap(ACCURACY, labels, [perfect], [coin], replicates=1000)
+    strong = paired_bootstrap([Block(ACCURACY, labels, [perfect], [coin])], replicates=1000)
     assert strong["significant"] and strong["low"] > 40 and strong["p_value"] <= 1 / 1000 + 1e-12
-    same = paired_bootstrap(ACCURACY, labels, [coin], [coin], replicates=1000)
+    same = paired_bootstrap([Block(ACCURACY, labels, [coin], [coin])], replicates=1000)
     assert same["diff"] == 0 and not same["significant"] and same["p_value"] == 1.0
 
 
@@ -46,7 +46,7 @@ def test_seeds_are_combined_by_their_mean():
     labels = np.array([1, 0, 1, 0])
     a = [np.array([1, 0, 1, 0]), np.array([1, 0, 0, 0])]  # 100% and 75%
     b = [np.array([0, 0, 0, 0])]  # 50%
-    assert paired_bootstrap(ACCURACY, labels, a, b, replicates=200)["diff"] == pytest.approx(37.5)
+    assert paired_bootstrap([Block(ACCURACY, labels, a, b)], replicates=200)["diff"] == pytest.approx(37.5)
 
 
 @pytest.mark.slow
@@ -63,6 +63,10 @@ def test_compare_cli_on_two_fine_tuned_models(tiny_tokenizer, tmp_path, capsys):
     rows = compare_results(a, a, replicates=200)
     assert [(r.task, r.metric, r.diff, r.significant) for r in rows] == [("rte", "accuracy", 0.0, False),
                                                                         ("stsb", "pearson", 0.0, False)]
+    b = json.loads((tmp_path / "glue_b" / "results.json").read_text())
+    macro = macro_difference(a, b, ["rte", "stsb"], replicates=200)
+    per_task = {r.task: r.diff for r in compare_results(a, b, replicates=200)}
+    assert macro["diff"] == pytest.approx((per_task["rte"] + per_task["stsb"]) / 2)
     assert main([str(tmp_path / "glue_a"), str(tmp_path / "glue_b"), "--boot", "200",
                  "--json", str(tmp_path / "cmp.json")]) == 0
     table = capsys.readouterr().out

@@ -120,3 +120,31 @@ def test_ordering_note_says_when_rankings_disagree():
     wnli_only = ordering_note([result("A", 66.0, 40.0), result("B", 65.0, 60.0)], refs, pairs)
     assert "over rte, wnli: ours B (62.5) > A (53.0); this DISAGREES" in wnli_only
     assert "over rte: ours A (66.0) > B (65.0); this agrees" in wnli_only
+    assert "no per-example predictions to test the differences" in agree
+
+
+def test_ordering_note_tests_each_step_of_the_ranking():
+    """With per-example predictions, each step of our ranking gets its interval; noise is said to be noise."""
+    import numpy as np
+    from scales import ordering_note
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+
+    def result(label, predictions):
+        accuracy = 100 * float(np.mean(predictions == labels))
+        run = {"metrics": {"accuracy": accuracy}, "dev_examples": {"dev": {
+            "predictions": predictions.tolist(), "labels": labels.tolist()}}}
+        return {"label": label, "tasks": {"rte": {"metrics": {"accuracy": {"median": accuracy}}, "chosen": "c",
+                                                  "cells": {"c": {"runs": [run]}}}}}
+
+    good, coin = labels.copy(), rng.integers(0, 2, 300)
+    near = coin.copy()
+    near[:3] = labels[:3]  # three examples better than the coin: within noise
+    refs = [{"label": f"{x} (quoted)", "scores": {"rte": {"accuracy": v}}} for x, v in (("A", 70), ("B", 60), ("C", 50))]
+    pairs = [("A", "A (quoted)"), ("B", "B (quoted)"), ("C", "C (quoted)")]
+    note = ordering_note([result("A", good), result("B", near), result("C", coin)], refs, pairs)
+    assert "this agrees" in note and "A - B = +" in note
+    step_ab, step_bc = note.split("A - B = ")[1].split(";")[0], note.split("B - C = ")[1]
+    assert "within noise" not in step_ab and "within noise" in step_bc
+    assert "(1 of 2 steps not resolved by this data)" in note

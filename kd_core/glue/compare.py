@@ -56,26 +56,67 @@ def metric_of(task: Task, split: str) -> tuple[str, Score]:
     return name, lambda predictions, labels: _scores(task, predictions, labels, split)[name]
 
 
-def paired_bootstrap(score: Score, labels: np.ndarray, a: list[np.ndarray], b: list[np.ndarray],
-                     replicates: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean over seeds of score(A) minus that of B, with its bootstrap interval and p-value."""
-    labels = np.asarray(labels)
-    n = len(labels)
-    if any(len(p) != n for p in (*a, *b)):
-        raise UserError("the two models were evaluated on dev sets of different sizes: compare runs on the same data")
+@dataclass
+class Block:
+    """One dev split of one task: its metric, labels and each seed's predictions of A and of B; `weight`
+    is its share of the difference (1 for one split; 1/(splits x tasks) inside a macro)."""
+    score: Score
+    labels: np.ndarray
+    a: list[np.ndarray]
+    b: list[np.ndarray]
+    weight: float = 1.0
 
-    def diff(idx: np.ndarray) -> float:
-        return (statistics.fmean(score(p[idx], labels[idx]) for p in a)
-                - statistics.fmean(score(p[idx], labels[idx]) for p in b))
+
+def paired_bootstrap(blocks: list[Block], replicates: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The weighted sum over blocks of (mean over A's seeds - mean over B's seeds) of the metric, with its
+    95% percentile interval and two-sided p-value; each replicate redraws every block's examples."""
+    for block in blocks:
+        if any(len(p) != len(block.labels) for p in (*block.a, *block.b)):
+            raise UserError("the two models were evaluated on dev sets of different sizes: compare runs on the same data")
+
+    def diff(draw: list[np.ndarray]) -> float:
+        return sum(k.weight * (statistics.fmean(k.score(p[i], k.labels[i]) for p in k.a)
+                               - statistics.fmean(k.score(p[i], k.labels[i]) for p in k.b))
+                   for k, i in zip(blocks, draw))
 
     rng = np.random.default_rng(seed)
-    draws = np.array([diff(rng.integers(0, n, n)) for _ in range(replicates)])
+    draws = np.array([diff([rng.integers(0, len(k.labels), len(k.labels)) for k in blocks])
+                      for _ in range(replicates)])
     draws = draws[np.isfinite(draws)]  # a resample can make a correlation undefined (constant labels)
-    observed = diff(np.arange(n))
+    observed = diff([np.arange(len(k.labels)) for k in blocks])
     below, above = float(np.mean(draws <= 0)), float(np.mean(draws >= 0))
     low, high = (float(q) for q in np.percentile(draws, [2.5, 97.5]))
     return {"diff": observed, "low": low, "high": high, "p_value": min(1.0, 2 * min(below, above)),
             "significant": bool(low > 0 or high < 0), "replicates": int(len(draws))}
+
+
+def task_blocks(a: dict, b: dict, name: str, weight: float = 1.0) -> list[Block]:
+    """A block per dev split of task `name` from two results.json (chosen cells, finite seeds)."""
+    task = get_task(name)
+    runs_a, runs_b = finite_runs(a["tasks"][name]), finite_runs(b["tasks"][name])
+    if not runs_a or not runs_b:
+        raise UserError(f"{name}: no finished run with per-example predictions in "
+                        f"{'the first' if not runs_a else 'the second'} results.json (runs from before "
+                        "predictions were kept, or every run diverged): fine-tune again")
+    splits = list(runs_a[0]["dev_examples"])
+    blocks = []
+    for split in splits:
+        labels = np.asarray(runs_a[0]["dev_examples"][split]["labels"])
+        if not np.array_equal(labels, np.asarray(runs_b[0]["dev_examples"][split]["labels"])):
+            raise UserError(f"{name} {split}: the runs' dev labels differ: compare runs on the same dev set")
+        preds = [[np.asarray(r["dev_examples"][split]["predictions"]) for r in runs] for runs in (runs_a, runs_b)]
+        blocks.append(Block(metric_of(task, split)[1], labels, preds[0], preds[1], weight / len(splits)))
+    return blocks
+
+
+def has_predictions(results: dict, tasks: list[str]) -> bool:
+    """Does every task hold finished runs with per-example predictions (a summary of quoted scores does not)?"""
+    return all("cells" in results["tasks"].get(t, {}) and finite_runs(results["tasks"][t]) for t in tasks)
+
+
+def macro_difference(a: dict, b: dict, tasks: list[str], replicates: int = 1000, seed: int = 0) -> dict[str, float]:
+    """A - B in the macro over `tasks` of each task's primary metric (mean over its dev splits)."""
+    return paired_bootstrap([k for t in tasks for k in task_blocks(a, b, t, 1 / len(tasks))], replicates, seed)
 
 
 def finite_runs(task_result: dict) -> list[dict]:
@@ -90,25 +131,18 @@ def compare_results(a: dict, b: dict, replicates: int = 2000, seed: int = 0) -> 
     rows = []
     for name in common:
         task = get_task(name)
-        runs_a, runs_b = finite_runs(a["tasks"][name]), finite_runs(b["tasks"][name])
-        if not runs_a or not runs_b:
-            raise UserError(f"{name}: no finished run with per-example predictions in "
-                            f"{'the first' if not runs_a else 'the second'} results.json (runs from before "
-                            "predictions were kept, or every run diverged): fine-tune again")
-        for split in runs_a[0]["dev_examples"]:
-            labels = np.asarray(runs_a[0]["dev_examples"][split]["labels"])
-            if not np.array_equal(labels, np.asarray(runs_b[0]["dev_examples"][split]["labels"])):
-                raise UserError(f"{name} {split}: the runs' dev labels differ: compare runs on the same dev set")
-            preds = [[np.asarray(r["dev_examples"][split]["predictions"]) for r in runs] for runs in (runs_a, runs_b)]
-            metric, score = metric_of(task, split)
-            per_seed = [[score(p, labels) for p in side] for side in preds]
-            test = paired_bootstrap(score, labels, preds[0], preds[1], replicates, seed)
-            rows.append(Difference(
-                name, metric, statistics.fmean(per_seed[0]), statistics.stdev(per_seed[0]) if len(per_seed[0]) > 1 else 0.0,
-                statistics.fmean(per_seed[1]), statistics.stdev(per_seed[1]) if len(per_seed[1]) > 1 else 0.0,
-                test["diff"], test["low"], test["high"], test["p_value"], test["significant"], len(runs_a), len(runs_b),
-                len(labels), test["replicates"]))
+        for split, block in zip(finite_runs(a["tasks"][name])[0]["dev_examples"], task_blocks(a, b, name)):
+            block.weight = 1.0  # each split reported on its own
+            per_seed = [[block.score(p, block.labels) for p in side] for side in (block.a, block.b)]
+            test = paired_bootstrap([block], replicates, seed)
+            rows.append(Difference(name, metric_of(task, split)[0], *mean_std(per_seed[0]), *mean_std(per_seed[1]),
+                                   test["diff"], test["low"], test["high"], test["p_value"], test["significant"],
+                                   len(block.a), len(block.b), len(block.labels), test["replicates"]))
     return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def markdown(rows: list[Difference], label_a: str, label_b: str) -> str:

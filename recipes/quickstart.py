@@ -7,10 +7,12 @@ python recipes/quickstart.py [--output-dir runs/quickstart] [--smoke] [--results
    prepared with the all-MiniLM-L6-v2 tokenizer;
 2. teachers (recipes/teachers.py, cached): an MLM teacher and an ELECTRA teacher from all-MiniLM-L6-v2;
 3. students: 3 layers each (teacher layers 0,2,4): DistilBERT objective (5 L_ce + 2 L_mlm + L_cos) and
-   ELECTRA distillation (L_ce + L_mse + L_cos + L_kl) with the teacher's frozen generator;
+   ELECTRA distillation (L_ce + L_mse + L_cos + L_kl) with the teacher's frozen generator; and the control,
+   the same layers truncated from each teacher and not distilled;
 4. task: movie-review sentiment (Pang & Lee snippets from vaderSentiment, score > 0 = positive), or SST-2
    from ../shared/data/glue in --smoke; every model fine-tuned through the GLUE harness;
-5. table: parameters, CPU batch-1 latency, dev accuracy, accuracy retained vs its teacher, wall times.
+5. table: parameters, CPU batch-1 latency (models in turns, median), dev accuracy over 3 fine-tuning seeds,
+   accuracy retained vs its teacher, distilled vs truncated by paired bootstrap, wall times.
 """
 from __future__ import annotations
 
@@ -22,18 +24,35 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SEEDS = 3  # fine-tuning seeds per model (smoke: 1)
+TRAIN_EXAMPLES = 3000  # fine-tuning subset: 3 seeds x 6 models inside the 30-minute budget on 2 cores
 
 from bert_kd.distill import DistilConfig, run as run_bert_kd
 from kd_core.latency import interleaved_latency
 from electra_kd.distill import ElectraRunConfig, run as run_electra_kd
 from kd_core.assets import fetch_vader
-from kd_core.files import atomic_write_text
+from kd_core.files import atomic_dir, atomic_write_text, commit_dir
+from kd_core.glue.compare import compare_results, markdown
+from kd_core.student import StudentConfig, build_student
+from transformers import AutoModelForMaskedLM, AutoTokenizer, ElectraForPreTraining
 from kd_core.plot import loss_curves
 from kd_core.config import load_config
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.tasks import get_task
 from scales import SHARED, SMALL_BATCH, SMALL_TEACHER_STEPS, small_corpus, small_teacher
+
+
+def truncated(teacher: Path, out: Path, model_class) -> Path:
+    """The student's starting point, saved as it is: the teacher's layers 0,2,4, no distillation."""
+    if not (out / "config.json").is_file():
+        model = model_class.from_pretrained(teacher)
+        student, _, _ = build_student(model, StudentConfig(num_layers=3, layers="every_other"), model_class=type(model))
+        tmp = atomic_dir(out)
+        student.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
+        commit_dir(tmp, out)
+    return out
 
 
 def movie_review_task(out: Path) -> tuple[Path, str]:
@@ -87,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     timed("ELECTRA student distillation", lambda: run_electra_kd(load_config(ElectraRunConfig, overrides=[
         f"teacher={electra_teacher / 'final'}", f"generator.path={electra_teacher / 'generator'}", *common]),
         str(electra_dir), resume=True))
+    # the control that gives "distilled" its meaning: the same 3 teacher layers, fine-tuned without distillation
+    bert_truncated = truncated(mlm_teacher / "final", out / "bert_truncated", AutoModelForMaskedLM)
+    electra_truncated = truncated(electra_teacher / "final", out / "electra_truncated", ElectraForPreTraining)
 
     print("[4/5] fine-tuning on the labelled task", flush=True)
     if smoke and (SHARED / "glue" / "SST-2").is_dir():
@@ -94,37 +116,45 @@ def main(argv: list[str] | None = None) -> int:
     else:
         task_dir, task_source = movie_review_task(out / "task")
         glue_dir = str(task_dir)
-    finetune = FinetuneConfig(epochs=1.0, max_len=64, max_train_examples=64 if smoke else 0)
-    grid = GridConfig(lrs=[1e-4], batch_sizes=[32], seeds=1, finetune=finetune)
+    finetune = FinetuneConfig(epochs=1.0, max_len=64, max_train_examples=64 if smoke else TRAIN_EXAMPLES)
+    grid = GridConfig(lrs=[1e-4], batch_sizes=[32], seeds=1 if smoke else SEEDS, finetune=finetune)
     models = [("MLM teacher (6 layers)", mlm_teacher / "final", None),
-              ("BERT student (3 layers)", bert_dir / "final", "MLM teacher (6 layers)"),
+              ("BERT truncated, not distilled (3 layers)", bert_truncated, "MLM teacher (6 layers)"),
+              ("BERT student, distilled (3 layers)", bert_dir / "final", "MLM teacher (6 layers)"),
               ("ELECTRA teacher (6 layers)", electra_teacher / "final", None),
-              ("ELECTRA student (3 layers)", electra_dir / "final", "ELECTRA teacher (6 layers)")]
-    rows = {}
+              ("ELECTRA truncated, not distilled (3 layers)", electra_truncated, "ELECTRA teacher (6 layers)"),
+              ("ELECTRA student, distilled (3 layers)", electra_dir / "final", "ELECTRA teacher (6 layers)")]
+    rows, results = {}, {}
     for label, path, teacher in models:
-        result = timed(f"fine-tune {label}", lambda: run_grid(str(path), [get_task("sst2")], glue_dir, grid,
-                                                             out / "glue" / path.parent.name, label=label))
-        rows[label] = {"accuracy": result["tasks"]["sst2"]["metrics"]["accuracy"]["median"], "teacher": teacher,
-                       "path": str(path)}
+        results[label] = timed(f"fine-tune {label}", lambda: run_grid(
+            str(path), [get_task("sst2")], glue_dir, grid, out / "glue" / path.parent.name, label=label))
+        accuracy = results[label]["tasks"]["sst2"]["metrics"]["accuracy"]
+        rows[label] = {"accuracy": accuracy["mean"], "std": accuracy["std"], "teacher": teacher, "path": str(path)}
 
     print("[5/5] size and CPU batch-1 latency", flush=True)
     dev = [(line.split("\t")[0], None) for line in
            (Path(glue_dir) / "SST-2" / "dev.tsv").read_text().splitlines()[1:][: (20 if smoke else 200)]]
     passes = 2 if smoke else 5
-    for group in (["MLM teacher (6 layers)", "BERT student (3 layers)"],
-                  ["ELECTRA teacher (6 layers)", "ELECTRA student (3 layers)"]):  # each student in turns with its teacher
+    for group in ([label for label in rows if label.startswith("MLM") or label.startswith("BERT")],
+                  [label for label in rows if label.startswith("ELECTRA")]):  # each model in turns with its teacher
         speeds = interleaved_latency({label: rows[label]["path"] for label in group}, dev, passes)
         for label in group:
             rows[label].update(params_m=speeds[label]["params_m"], latency_ms=speeds[label]["ms_per_pair"],
                                speedup=speeds[label]["speedup"])
 
     lines = [f"| model | parameters (M) | CPU batch-1 latency (ms, median of {passes} interleaved passes) | "
-             "speed-up vs teacher | dev accuracy | retained vs teacher |", "|---|---|---|---|---|---|"]
+             f"speed-up vs teacher | dev accuracy (mean ± std, {SEEDS if not smoke else 1} seeds) | retained vs teacher |",
+             "|---|---|---|---|---|---|"]
     for label, row in rows.items():
         retained = f"{100 * row['accuracy'] / rows[row['teacher']]['accuracy']:.1f}%" if row["teacher"] else "–"
         speedup = f"{row['speedup']:.2f}x" if row["teacher"] else "–"
         lines.append(f"| {label} | {row['params_m']:.1f} | {row['latency_ms']:.2f} | {speedup} | {row['accuracy']:.1f} "
-                     f"| {retained} |")
+                     f"± {row['std']:.1f} | {retained} |")
+    lines += ["", "Distilled vs truncated (the claim this table makes), paired bootstrap over dev examples and seeds:"]
+    for family in ("BERT", "ELECTRA"):
+        comparison = compare_results(results[f"{family} student, distilled (3 layers)"],
+                                     results[f"{family} truncated, not distilled (3 layers)"])
+        lines += ["", markdown(comparison, f"{family} distilled", f"{family} truncated")]
     total = time.perf_counter() - t_start
     target = Path(args.results) if args.results else out / "quickstart.md"
     prov = provenance("python recipes/quickstart.py " + " ".join(sys.argv[1:] if argv is None else argv))
@@ -132,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Quickstart: distilled BERT and ELECTRA students vs their teachers{' (SMOKE)' if smoke else ''}", "",
         *lines, "",
         f"Distillation text: {text_source}; task: {task_source}; {steps} steps for each teacher adaptation and each "
-        "student (batch 16 x 64 tokens); fine-tuning 1 epoch, lr 1e-4, batch 32, seed 0.",
+        f"student (batch 16 x 64 tokens); fine-tuning 1 epoch on {finetune.max_train_examples} training examples, "
+        f"lr 1e-4, batch 32, seeds 0-{grid.seeds - 1}, evaluated on the full dev set.",
         "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f}.",
         f"Loss curves of both students: {Path(target).with_suffix('.png').name}; inspect every run: "
         f"tensorboard --logdir {out}",

@@ -82,8 +82,11 @@ def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
 
     assert quickstart.main(["--smoke", "--output-dir", str(tmp_path / "qs")]) == 0
     table = (tmp_path / "qs" / "quickstart.md").read_text()
-    for row in ("MLM teacher (6 layers)", "BERT student (3 layers)", "ELECTRA teacher (6 layers)", "ELECTRA student (3 layers)"):
+    for row in ("MLM teacher (6 layers)", "BERT truncated, not distilled (3 layers)", "BERT student, distilled (3 layers)",
+                "ELECTRA teacher (6 layers)", "ELECTRA truncated, not distilled (3 layers)",
+                "ELECTRA student, distilled (3 layers)"):
         assert f"| {row} |" in table
+    assert "| BERT distilled (mean ± std, seeds) | BERT truncated" in table and table.count("| sst2 | accuracy |") == 2
     assert "tensorboard --logdir" in table
     assert "median of 2 interleaved passes" in table and "speed-up vs teacher" in table
     assert (tmp_path / "qs" / "quickstart.png").read_bytes().startswith(b"\x89PNG")

@@ -225,7 +225,9 @@ class Engine:
         # the loss check; otherwise clip first and check loss and gradient norm with one host sync
         scaled = acc.scaler is not None
         grad_norm = None if scaled else acc.clip_grad_norm_(self.objective.parameters(), max_norm)
-        finite = torch.isfinite(total) if scaled else torch.isfinite(total) & torch.isfinite(grad_norm)
+        finite = torch.isfinite(total)
+        if grad_norm is not None:  # None under DeepSpeed, which clips (and checks) inside its own step
+            finite = finite & torch.isfinite(torch.as_tensor(grad_norm))
         finite = finite.float()
         if acc.num_processes > 1:
             finite = acc.reduce(finite, "min")

@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Loss curves of both students: {Path(target).with_suffix('.png').name}; inspect every run: "
         f"tensorboard --logdir {out}",
         "", "Provenance: " + json.dumps(prov), ""])
+    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, text)
     loss_curves([bert_dir, electra_dir], target.with_suffix(".png"), ["BERT student", "ELECTRA student"])
     print(text)

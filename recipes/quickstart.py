@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = {}, {}
     for label, path, teacher in models:
         results[label] = timed(f"fine-tune {label}", lambda: run_grid(
-            str(path), [get_task("sst2")], glue_dir, grid, out / "glue" / path.parent.name, label=label))
+            str(path), [get_task("sst2")], glue_dir, grid, out / "glue" / (path.parent.name if path.name == "final" else path.name),
+            label=label))
         accuracy = results[label]["tasks"]["sst2"]["metrics"]["accuracy"]
         rows[label] = {"accuracy": accuracy["mean"], "std": accuracy["std"], "teacher": teacher, "path": str(path)}
 

@@ -165,9 +165,12 @@ class Engine:
                   f"global batch {train.batch_size} = {train.micro_batch_size} x {self.accumulation} accumulation "
                   f"x {acc.num_processes} process(es)")
         self.step_count = 0
+        # wall_s: seconds since the engine started, summed over the processes that resumed this run (each up to
+        # its last checkpoint: work a crash threw away is not counted)
         self.counts = {"skipped_overflow": 0, "skipped_nonfinite": 0, "consecutive_nonfinite": 0,
-                       "tokens_seen": 0}
+                       "tokens_seen": 0, "wall_s": 0.0}
         recovered = self.resume() if resume else None
+        self._wall_origin = time.perf_counter() - self.counts["wall_s"]
         if acc.is_main_process:
             print("loss weights: " + ", ".join(f"{k}={w:g}" for k, w in self.loss_weights.items()))
             atomic_write_text(self.output_dir / "config.yaml", self.config_text())
@@ -298,9 +301,14 @@ class Engine:
                        if k.startswith("skipped_")})
         self.counts["tokens_seen"] += record.pop("tokens")
         record["tokens_seen"] = self.counts["tokens_seen"]
+        record["wall_s"] = self._wall()
         if self.accelerator.is_main_process:
             self.log.log(self.step_count, record)
         return record
+
+    def _wall(self) -> float:
+        self.counts["wall_s"] = round(time.perf_counter() - self._wall_origin, 3)
+        return self.counts["wall_s"]
 
     def _epoch(self) -> float:
         n_batches = len(self.train_rows) // self.cfg.batch_size
@@ -366,6 +374,7 @@ class Engine:
                        "scheduler": self.scheduler.state_dict()}
             if acc.scaler is not None:
                 objects["scaler"] = acc.scaler.state_dict()
+            self._wall()
             state = {"step": self.step_count, "epoch": self._epoch(), "data_position": self.step_count,
                      "world_size": acc.num_processes, **self.counts}
             write_checkpoint(final, self.objective.student, self.tokenizer, objects, self.config_text(), state)

@@ -65,6 +65,13 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def recorded_wall_s(run_dir: str | Path) -> float | None:
+    """A training run's wall time summed over its resumed parts (its last logged `wall_s`); None if not logged."""
+    path = Path(run_dir) / "metrics.jsonl"
+    walls = [r["wall_s"] for r in read_metrics(path) if "wall_s" in r] if path.is_file() else []
+    return walls[-1] if walls else None
+
+
 class StepAggregate:
     """Sums of step outputs between two log lines (device tensors; read once per log line)."""
 

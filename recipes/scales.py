@@ -6,30 +6,35 @@ paper: the papers' models by hub name (bert-base-uncased, google/electra-base-*)
        own budgets (recipes/configs/*.yaml), the Greek report's GLUE grid; needs a GPU and internet.
 small: the offline teachers of recipes/teachers.py (all-MiniLM-L6-v2, 6 layers, cached), the text of
        ../shared/data/corpus (or the vaderSentiment snippets) at 64 tokens, 300 steps x 16 rows per
-       student, GLUE from ../shared/data/glue (or --glue-dir) with a 2,000-example training cap;
-       about an hour per table on a 2-core CPU.
+       student, GLUE SST-2, MRPC and STS-B from ../shared/data/glue (or --glue-dir), 2,000 training
+       examples, 1 epoch, 3 fine-tuning seeds, full dev sets; the row a table's claim is about is
+       distilled with 2 seeds; the teacher's GLUE results are cached beside the cached teacher.
 smoke: a tiny random 6-layer BERT and ELECTRA, a generated corpus and a generated two-task GLUE;
        seconds, for the tests.
-Each recipe states its layer lists for 12-layer (paper) and 6-layer (small, smoke) teachers.
+Each recipe states its layer lists for 12-layer (paper) and 6-layer (small, smoke) teachers, and the control
+rows that give its comparisons meaning (truncated, not distilled; teacherless; random init), which it
+reports as paired-bootstrap differences with 95% intervals (`comparison_table`).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-from kd_core.files import atomic_write_text
+from kd_core.files import atomic_dir, atomic_write_text, commit_dir
 from kd_core.config import load_config
-from kd_core.glue.compare import has_predictions, macro_difference
+from kd_core.glue.compare import compare_results, finite_runs, has_predictions, macro_difference, pool_seeds
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.report import markdown_table
@@ -37,11 +42,14 @@ from kd_core.glue.tasks import get_task
 from kd_core.plot import loss_curves
 from kd_core.toy import write_tiny_glue
 from kd_core.errors import UserError
+from kd_core.metrics_log import recorded_wall_s
+from kd_core.student import StudentConfig, build_student
 
 SHARED = ROOT.parent / "shared" / "data"
 SCALES = ("smoke", "small", "paper")
 SMALL_TEACHER_STEPS = 120  # the quickstart's: both share the cached teachers
 SMALL_BATCH = ["train.batch_size=16", "train.micro_batch_size=16", "train.eval_batches=2"]
+TEACHERLESS_BERT = ["loss_weights={ce: 0.0, mlm: 1.0, cos: 0.0}"]  # bert_kd with the student's own MLM loss only
 
 
 @dataclass
@@ -55,6 +63,7 @@ class Setup:
     tasks: list[str]
     grid: GridConfig
     teacher_layers: int
+    distill_seeds: int = 1  # distillation seeds of the row a table's claim is about (its rows are pooled)
     student_train: list[str] = field(default_factory=list)  # overrides for every student run at this scale
     bert_kd: list[str] = field(default_factory=list)  # and for bert_kd runs only
     description: str = ""
@@ -106,8 +115,8 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
         assets = smoke_assets(workdir / "assets")
         return Setup(scale, assets["mlm"], f"{assets['electra']}/discriminator", f"{assets['electra']}/generator",
                      corpus or assets["corpus"], glue_dir or str(write_tiny_glue(workdir / "glue")), tasks or ["rte", "stsb"],
-                     GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=1, max_len=32)),
-                     teacher_layers=6, student_train=["train.max_steps=2", "train.batch_size=8",
+                     GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=2, finetune=FinetuneConfig(epochs=1, max_len=32)),
+                     teacher_layers=6, distill_seeds=2, student_train=["train.max_steps=2", "train.batch_size=8",
                                                       "train.micro_batch_size=8", "train.eval_batches=1",
                                                       "train.eval_every=0", "train.mixed_precision=no"],
                      description="smoke: tiny random 6-layer teachers, generated corpus and tasks, 2 steps")
@@ -121,10 +130,10 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
         precision = "bf16" if torch.cuda.is_available() else "no"
         return Setup(scale, str(mlm / "final") if mlm else "", str(electra / "final") if electra else "",
                      str(electra / "generator") if electra else "", corpus, glue_dir,
-                     tasks or ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"],
-                     GridConfig(lrs=[1e-4], batch_sizes=[32], seeds=1,
-                                finetune=FinetuneConfig(epochs=3, max_train_examples=2000)),
-                     teacher_layers=6,
+                     tasks or ["sst2", "mrpc", "stsb"],
+                     GridConfig(lrs=[1e-4], batch_sizes=[32], seeds=3,
+                                finetune=FinetuneConfig(epochs=1, max_train_examples=2000)),
+                     teacher_layers=6, distill_seeds=2,
                      student_train=["train.max_steps=300", *SMALL_BATCH, "train.lr=2e-4", "train.warmup_ratio=0.1",
                                     "train.log_every=10", "train.eval_every=100", "train.save_every=100",
                                     f"train.mixed_precision={precision}"],
@@ -132,7 +141,7 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
                      description=f"small: offline all-MiniLM-L6-v2 teachers ({SMALL_TEACHER_STEPS} adaptation steps, "
                                  f"cached), text {source} at 64 tokens, 300 steps x 16 rows per student, "
                                  "L_ce (bert_kd) at masked positions only, GLUE fine-tuning on at most 2,000 training "
-                                 "examples, 3 epochs, lr 1e-4, batch 32, seed 0, full dev sets")
+                                 "examples, 1 epoch, lr 1e-4, batch 32, seeds 0-2, full dev sets")
     if scale == "paper":
         if corpus is None:
             raise UserError("--scale paper needs --corpus: prepare one first, e.g. python -m kd_core.data prepare "
@@ -150,7 +159,12 @@ def setup_from_args(args: argparse.Namespace, default_tasks: list[str] | None = 
                     kinds: tuple[str, ...] = ("mlm",), workdir: Path | None = None) -> Setup:
     """`setup` from a recipe_parser's arguments (--tasks, else `default_tasks`, else the scale's)."""
     tasks = args.tasks.split(",") if args.tasks else default_tasks
-    return setup(args.scale, workdir or Path(args.output_dir), args.glue_dir, args.corpus, tasks, kinds)
+    s = setup(args.scale, workdir or Path(args.output_dir), args.glue_dir, args.corpus, tasks, kinds)
+    if getattr(args, "distill_seeds", None) is not None:
+        if args.distill_seeds < 1:
+            raise UserError(f"--distill-seeds {args.distill_seeds}: give 1 or more")
+        s.distill_seeds = args.distill_seeds
+    return s
 
 
 def distil_once(config_cls, run, cfg_file: str | Path | None, overrides: list[str], run_dir: Path,
@@ -168,6 +182,74 @@ def evaluate_on_glue(model: str, s: Setup, run_dir: Path, label: str, grid: Grid
     return run_grid(model, [get_task(t) for t in s.tasks], s.glue_dir, grid or s.grid, run_dir / "glue", label=label)
 
 
+def distilled_row(config_cls, run, cfg_file: str | Path | None, overrides: list[str], run_dir: Path, s: Setup,
+                  label: str, seeds: int = 1, dry_run: bool = False) -> dict | None:
+    """A distilled row: `seeds` distillation runs (train.seed 0.. ; seed k > 0 in <run_dir>_seed<k>), each
+    fine-tuned with the scale's seeds; several are pooled into one row (distillation x fine-tuning seeds)."""
+    dirs = [run_dir] + [run_dir.with_name(f"{run_dir.name}_seed{k}") for k in range(1, seeds)]
+    for k, directory in enumerate(dirs):
+        distil_once(config_cls, run, cfg_file, [*overrides, f"train.seed={k}"] if k else overrides, directory, dry_run)
+    if dry_run:
+        return None
+    results = [evaluate_on_glue(str(d / "final"), s, d, label) for d in dirs]
+    return results[0] if seeds == 1 else pool_seeds(results, label)
+
+
+def untrained_student(teacher: str | Path, student: StudentConfig, out: Path, model_class) -> Path:
+    """A control row's model saved as built, not trained: the teacher's layers copied (student.init=teacher) or
+    random weights (init=random, drawn with seed 0)."""
+    if not (out / "config.json").is_file():
+        torch.manual_seed(0)
+        model = model_class.from_pretrained(teacher)
+        built, _, _ = build_student(model, student, model_class=type(model))
+        tmp = atomic_dir(out)
+        built.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
+        commit_dir(tmp, out)
+    return out
+
+
+def teacher_on_glue(teacher: str, s: Setup, out: Path, label: str) -> dict:
+    """The teacher's GLUE results; at small scale cached beside the cached teacher, per task list and grid, so
+    every recipe on the same teacher shares one fine-tuning of it."""
+    key = hashlib.sha256(json.dumps([sorted(s.tasks), asdict(s.grid), s.glue_dir]).encode()).hexdigest()[:12]
+    where = Path(teacher).parent / f"glue-{key}" if s.scale == "small" else out
+    return evaluate_on_glue(teacher, s, where, label)
+
+
+def seeds_of(result: dict) -> int:
+    """Finished runs behind a row's score (fine-tuning seeds, times distillation seeds when pooled)."""
+    return min(len(finite_runs(task)) for task in result["tasks"].values())
+
+
+def comparison_table(pairs: list[tuple[dict, dict]], tasks: list[str]) -> list[str]:
+    """The claims of a table: each (A, B) as A - B in macro over `tasks`, a paired bootstrap over dev examples with
+    seeds combined (95% interval, p), and each task's difference (* where its interval excludes 0)."""
+    lines = ["| comparison (A - B) | runs A, B | macro A - B | 95% interval | p | significant | "
+             "per task A - B (* = interval excludes 0) |", "|---|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        d = macro_difference(a, b, tasks, replicates=2000)
+        per_task = ", ".join(f"{r.task} {r.metric} {r.diff:+.1f}{'*' if r.significant else ''}"
+                             for r in compare_results({**a, "tasks": {t: a["tasks"][t] for t in tasks}}, b, 1000))
+        lines.append(f"| {a['label']} - {b['label']} | {seeds_of(a)}, {seeds_of(b)} | {d['diff']:+.2f} | "
+                     f"[{d['low']:+.2f}, {d['high']:+.2f}] | {d['p_value']:.3f} | {'yes' if d['significant'] else 'no'} | "
+                     f"{per_task} |")
+    return lines
+
+
+def compute_seconds(out: Path, results: list[dict]) -> dict:
+    """Wall time summed over every part that produced a table, whichever process ran it (a rerun over finished
+    runs reads theirs): training runs under `out` and the rows' models (their logged wall_s, summed over
+    resumes) and every fine-tuning run of the rows (result.json)."""
+    runs = {p.parent for p in out.rglob("metrics.jsonl") if (p.parent / "final").is_dir()}
+    runs |= {Path(m).parent for r in results for m in r.get("models", [r["model"]]) if (Path(m).parent / "metrics.jsonl").is_file()}
+    training = {run: recorded_wall_s(run) for run in runs}
+    finetuning = sum(run.get("wall_s", 0.0) for r in results for t in r["tasks"].values() if "cells" in t
+                     for cell in t["cells"].values() for run in cell["runs"])
+    return {"training_s": round(sum(v for v in training.values() if v), 1), "finetuning_s": round(finetuning, 1),
+            "training_runs_without_a_record": sum(v is None for v in training.values())}
+
+
 def recipe_parser(doc: str, name: str, table: bool = True, dry_run: bool = False) -> argparse.ArgumentParser:
     """The arguments every seed-table recipe takes; `name` is its script's stem."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,6 +258,8 @@ def recipe_parser(doc: str, name: str, table: bool = True, dry_run: bool = False
     parser.add_argument("--glue-dir", help="GLUE folders (default: ../shared/data/glue, else the hub)")
     parser.add_argument("--corpus", help="a prepared corpus (default: the scale's)")
     parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
+    parser.add_argument("--distill-seeds", type=int, help="distillation seeds of the row the table's claim is about "
+                                                          "(default: the scale's: smoke 2, small 2, paper 1)")
     if table:
         parser.add_argument("--results", help=f"default: results/{name}.md (smoke: inside the output dir)")
     if dry_run:
@@ -191,7 +275,9 @@ def write_table(args: argparse.Namespace, name: str, title: str, results: list[d
     path = Path(args.results) if args.results else (
         Path(args.output_dir) / f"{name}.md" if s.scale == "smoke" else ROOT / "results" / f"{name}.md")
     prov = provenance(f"python recipes/{name}.py " + " ".join(argv))
-    prov.update(scale=s.scale, seeds=s.grid.seeds, wall_s=round(time.perf_counter() - t0, 1), torch=torch.__version__)
+    prov.update(scale=s.scale, seeds=s.grid.seeds, distill_seeds=s.distill_seeds,
+                wall_s=round(time.perf_counter() - t0, 1), compute=compute_seconds(Path(args.output_dir), results),
+                torch=torch.__version__)
     runs = [(Path(r["model"]).parent, r["label"]) for r in results if (Path(r["model"]).parent / "metrics.jsonl").is_file()]
     figure = [f"Loss curves of the distilled runs: {path.with_suffix('.png').name}.", ""] if runs else []
     text = "\n".join([f"# {title}", "", markdown_table(results, references), "", *notes, "", *figure,
@@ -205,10 +291,10 @@ def write_table(args: argparse.Namespace, name: str, title: str, results: list[d
     return text
 
 
-def macro_over(scores: dict[str, dict], tasks: list[str], median: bool = False) -> float:
+def macro_over(scores: dict[str, dict], tasks: list[str], spread: bool = False) -> float:
     """Macro over tasks: the mean of each task's metrics, then over tasks (GLUE's way). Quoted rows hold
-    numbers; ours hold spreads over seeds (median=True takes their medians)."""
-    value = (lambda m: m["median"]) if median else (lambda m: m)
+    numbers; ours hold spreads over seeds (spread=True takes their means)."""
+    value = (lambda m: m["mean"]) if spread else (lambda m: m)
     return float(np.mean([np.mean([value(m) for m in scores[t].values()]) for t in tasks]))
 
 
@@ -221,7 +307,7 @@ def ordering_note(results: list[dict], references: list[dict], pairs: list[tuple
     task_sets = [common] + ([[t for t in common if t != "wnli"]] if "wnli" in common and len(common) > 1 else [])
     sentences = []
     for tasks in task_sets:
-        ours = {r["label"]: macro_over({t: r["tasks"][t]["metrics"] for t in tasks}, tasks, median=True)
+        ours = {r["label"]: macro_over({t: r["tasks"][t]["metrics"] for t in tasks}, tasks, spread=True)
                 for r in results}
         quoted = {ref["label"]: macro_over(ref["scores"], tasks) for ref in references}
         our_order = sorted(pairs, key=lambda p: -ours[p[0]])

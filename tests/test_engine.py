@@ -18,7 +18,7 @@ from kd_core.checkpoint import complete_checkpoints, newest_checkpoint, read_sta
 from kd_core.engine import NonFiniteLossError
 from kd_core.errors import UserError
 from kd_core.sampler import GlobalBatchSampler
-from kd_core.metrics_log import read_metrics
+from kd_core.metrics_log import read_metrics, recorded_wall_s
 from kd_core.objective import weighted_total
 from kd_core.optim import build_scheduler, param_groups, warmup_steps
 
@@ -244,6 +244,9 @@ def test_resume_in_process_matches_uninterrupted(tiny_corpus, tmp_path):
         assert torch.equal(a[k], b[k]), k
     lines = [r["step"] for r in read_metrics(part / "metrics.jsonl") if "lr" in r]
     assert lines == sorted(set(lines)), "metrics after the checkpoint must not be duplicated on resume"
+    walls = [r["wall_s"] for r in read_metrics(part / "metrics.jsonl") if "lr" in r]
+    assert walls == sorted(walls) and walls[0] > 0, "wall time goes on from the checkpoint's, not from 0"
+    assert recorded_wall_s(part) == walls[-1]
 
 
 def test_group_by_length_batches_similar_lengths_and_covers_every_row():

@@ -30,6 +30,19 @@ def test_greek_table1_smoke(tmp_path):
     assert "loss/att" in att and "loss/cos" not in att
     assert "loss/cos" in keys_logged(tmp_path / "greek_cos")
     assert "Ordering by macro" in table and '"scale": "smoke"' in table
+    # the controls, and the claims as paired differences (the main row pools 2 distillation x 2 fine-tuning seeds)
+    assert "| control: truncated, not distilled, init [0, 5] |" in table
+    assert "| control: teacherless (own MLM loss only), init [0, 5] |" in table
+    claim = next(line for line in table.splitlines()
+                 if line.startswith("| BERT (1,5,8,12): ours, init [0, 5] - control: truncated"))
+    cells = claim.split(" | ")
+    assert cells[1] == "4, 2" and cells[3].startswith("[") and cells[5] in ("yes", "no")  # runs A, B; interval
+    assert "  seed: 1\n" in (tmp_path / "greek_cos_seed1" / "config.yaml").read_text()
+    teacherless = keys_logged(tmp_path / "teacherless")
+    assert "loss/mlm" in teacherless and "loss/cos" not in teacherless
+    provenance = json.loads(table.split("Provenance: ")[1].splitlines()[0])
+    assert provenance["compute"]["training_s"] > 0 and provenance["compute"]["finetuning_s"] > 0
+    assert provenance["distill_seeds"] == 2 and str(tmp_path) not in provenance["command"]
 
 
 def test_greek_table1_paper_scale_assembles_the_report_configs(tmp_path, capsys):
@@ -108,7 +121,7 @@ def test_ordering_note_says_when_rankings_disagree():
     from scales import ordering_note
 
     def result(label, rte, wnli):
-        return {"label": label, "tasks": {t: {"metrics": {"accuracy": {"median": v}}}
+        return {"label": label, "tasks": {t: {"metrics": {"accuracy": {"mean": v}}}
                                           for t, v in (("rte", rte), ("wnli", wnli))}}
 
     refs = [{"label": "A (quoted)", "scores": {"rte": {"accuracy": 60.0}, "wnli": {"accuracy": 50.0}}},
@@ -135,7 +148,7 @@ def test_ordering_note_tests_each_step_of_the_ranking():
         accuracy = 100 * float(np.mean(predictions == labels))
         run = {"metrics": {"accuracy": accuracy}, "dev_examples": {"dev": {
             "predictions": predictions.tolist(), "labels": labels.tolist()}}}
-        return {"label": label, "tasks": {"rte": {"metrics": {"accuracy": {"median": accuracy}}, "chosen": "c",
+        return {"label": label, "tasks": {"rte": {"metrics": {"accuracy": {"mean": accuracy}}, "chosen": "c",
                                                   "cells": {"c": {"runs": [run]}}}}}
 
     good, coin = labels.copy(), rng.integers(0, 2, 300)

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..cli import exit_code_of
 from ..errors import UserError
-from .metrics import SPLIT_SUFFIX, _scores
+from .grid import summarise_cell
+from .metrics import SPLIT_SUFFIX, _scores, glue_macro
 from .tasks import Task, get_task
 
 Score = Callable[[np.ndarray, np.ndarray], float]
@@ -139,6 +140,21 @@ def compare_results(a: dict, b: dict, replicates: int = 2000, seed: int = 0) -> 
                                    test["diff"], test["low"], test["high"], test["p_value"], test["significant"],
                                    len(block.a), len(block.b), len(block.labels), test["replicates"]))
     return rows
+
+
+def pool_seeds(results: list[dict], label: str) -> dict:
+    """One model's row from runs of the same recipe with different distillation seeds: per task, the runs of
+    each result's chosen cell pooled (distillation seeds x fine-tuning seeds), summarised as one cell."""
+    tasks = {}
+    for name in results[0]["tasks"]:
+        runs = [dict(run, source=r["model"]) for r in results for run in r["tasks"][name]["cells"][r["tasks"][name]["chosen"]]["runs"]]
+        cell = summarise_cell(get_task(name), runs)
+        tasks[name] = {"status": "ok" if cell["metrics"] else "failed", "cells": {"pooled": cell}, "chosen": "pooled",
+                       "metrics": cell["metrics"], "combined": cell["combined"], "primary": get_task(name).primary,
+                       "n_runs": len(runs), "n_failed": cell["n_failed"]}
+    combined = {name: t["combined"]["median"] if t["combined"] else None for name, t in tasks.items()}
+    return {"label": label, "model": results[0]["model"], "models": [r["model"] for r in results], "tasks": tasks,
+            **glue_macro(combined), "pooled_from": len(results)}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -185,6 +185,18 @@ def run_task_grid(model: str, task: Task, glue_dir: str | None, grid: GridConfig
     return result
 
 
+def portable(command: str) -> str:
+    """The command without this machine's absolute paths: relative inside the repository, else <outside>/name."""
+    def one(token: str) -> str:
+        key, sep, value = token.rpartition("=") if "=/" in token else ("", "", token)
+        if not value.startswith("/"):
+            return token
+        path = Path(value)
+        inside = path.is_relative_to(ROOT)
+        return key + sep + (str(path.relative_to(ROOT)) if inside else f"<outside>/{path.name}")
+    return " ".join(one(token) for token in command.split(" "))
+
+
 def provenance(command: str) -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     try:
@@ -193,7 +205,7 @@ def provenance(command: str) -> dict:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     except Exception:  # torch is always there; the device query is best-effort
         device = "unknown"
-    return {"command": command, "commit": commit.stdout.strip() or "unknown",
+    return {"command": portable(command), "commit": commit.stdout.strip() or "unknown",
             "hardware": f"{platform.machine()} {os.cpu_count()} cores, {device}", "date": time.strftime("%Y-%m-%d")}
 
 

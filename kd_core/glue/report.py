@@ -16,7 +16,8 @@ def _columns(results: list[dict], references: list[dict]) -> list[tuple[str, str
 
 
 def markdown_table(results: list[dict], references: list[dict] | None = None) -> str:
-    """One row per model: median over seeds of every metric of the chosen cell (± std when seeds > 1).
+    """One row per model: mean over seeds of every metric of the chosen cell (± std when seeds > 1), and the
+    macro of the tasks' mean combined scores.
 
     references: [{"label": "DistilBERT (paper, quoted)", "scores": {"cola": {"mcc": 51.3}, ...}}]"""
     references = references or []
@@ -34,8 +35,8 @@ def markdown_table(results: list[dict], references: list[dict] | None = None) ->
                 cells.append("failed")
                 continue
             s = metrics[m]
-            cells.append(f"{s['median']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] else ""))
-        macro = r.get("glue_macro")
+            cells.append(f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] else ""))
+        macro = macro_of_means(r)
         lines.append(f"| {r['label']} | " + " | ".join(cells) + (f" | {macro:.1f} |" if macro is not None else " | – |"))
     for ref in references:
         cells = [f"{ref['scores'][t][m]:.1f}" if m in ref["scores"].get(t, {}) else "–" for t, m in cols]
@@ -43,6 +44,14 @@ def markdown_table(results: list[dict], references: list[dict] | None = None) ->
     notes = [f"- {r['label']}, {note}" for r in results for t, task in r["tasks"].items()
              if (note := failure_note(t, task))]
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def macro_of_means(result: dict) -> float | None:
+    """The mean over tasks of each task's combined score averaged over seeds; None when a task failed."""
+    combined = [task["combined"] for task in result["tasks"].values()]
+    if not combined or any(c is None for c in combined):
+        return None
+    return sum(c["mean"] for c in combined) / len(combined)
 
 
 def failure_note(task: str, result: dict) -> str | None:

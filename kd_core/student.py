@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+from transformers import AutoModelForMaskedLM, AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
 
 from .families import LAYER_NAME, family_of
 from .families.distilbert import bert_to_distilbert
 from .layer_map import LayerMap, resolve_layer_map
 from .config import out_of_range
+from .files import atomic_dir, commit_dir
 from .errors import UserError, one_line
 
 
@@ -159,3 +161,18 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
         report["copied"], report["not_copied"] = copy_layers(source, student, cfg.init_layers)
         report["layers"] = list(cfg.init_layers)
     return student, layer_map, report
+
+
+def save_untrained_student(teacher: str | Path, student: StudentConfig, out: Path, model_class) -> Path:
+    """A control row's model saved as built, not trained: the teacher's layers copied (student.init=teacher) or
+    random weights (init=random, drawn with seed 0)."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        torch.manual_seed(0)
+        model = model_class.from_pretrained(teacher)
+        built, _, _ = build_student(model, student, model_class=type(model))
+        tmp = atomic_dir(out)
+        built.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
+        commit_dir(tmp, out)
+    return out

@@ -19,12 +19,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-from scales import (TEACHERLESS_BERT, comparison_table, distil_once, distilled_row, evaluate_on_glue, ordering_note,
-                    recipe_parser, setup_from_args, teacher_on_glue, untrained_student, write_table)
+from scales import (TEACHERLESS_BERT, distil_once, distilled_row, evaluate_on_glue, ordering_note, recipe_parser,
+                    setup_from_args, teacher_on_glue, write_table)
 from transformers import AutoModelForMaskedLM
 
 from bert_kd.distill import DistilConfig, run
 from kd_core.config import load_config
+from kd_core.glue.compare import claims_table
+from kd_core.student import save_untrained_student
 
 CONFIGS = HERE / "configs"
 QUOTED_COLUMNS = [("cola", "mcc"), ("mnli", "accuracy_m"), ("mnli", "accuracy_mm"), ("mrpc", "f1"), ("mrpc", "accuracy"),
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     student = load_config(DistilConfig, CONFIGS / "greek_cos.yaml", [*common, *shape]).student
-    truncated = untrained_student(s.mlm_teacher, student, out / "truncated" / "final", AutoModelForMaskedLM)
+    truncated = save_untrained_student(s.mlm_teacher, student, out / "truncated" / "final", AutoModelForMaskedLM)
     results.append(evaluate_on_glue(str(truncated), s, out / "truncated",
                                     f"control: truncated, not distilled, init {teacher_layers}"))
     results.append(teacher_on_glue(s.mlm_teacher, s, out / "teacher", f"teacher ({s.teacher_layers} layers)"))
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "for the same steps on its own MLM loss (L_ce and L_cos weighted 0).",
         "", "The comparisons this table is about (paired bootstrap over dev examples, seeds combined, 2,000 replicates; "
         "significant only when the 95% interval excludes 0):", "",
-        *comparison_table([(cos, truncated_row), (cos, teacherless), (teacherless, truncated_row),
+        *claims_table([(cos, truncated_row), (cos, teacherless), (teacherless, truncated_row),
                            (distilled_init, cos), (att, cos)], s.tasks), "",
         "Quoted rows: Greek report Table 1 (bert-base-uncased teacher, 3 epochs of a WikiText subset, fine-tuned "
         "over lr {1e-5, 5e-5, 1e-4} x batch {16, 32}). Compare orderings, not absolute values.",

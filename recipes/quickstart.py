@@ -31,28 +31,16 @@ from bert_kd.distill import DistilConfig, run as run_bert_kd
 from kd_core.latency import interleaved_latency
 from electra_kd.distill import ElectraRunConfig, run as run_electra_kd
 from kd_core.assets import fetch_vader
-from kd_core.files import atomic_dir, atomic_write_text, commit_dir
+from kd_core.files import atomic_write_text
 from kd_core.glue.compare import compare_results, markdown
-from kd_core.student import StudentConfig, build_student
-from transformers import AutoModelForMaskedLM, AutoTokenizer, ElectraForPreTraining
+from kd_core.student import StudentConfig, save_untrained_student
+from transformers import AutoModelForMaskedLM, ElectraForPreTraining
 from kd_core.plot import loss_curves
 from kd_core.config import load_config
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.tasks import get_task
-from scales import SHARED, SMALL_BATCH, SMALL_TEACHER_STEPS, small_corpus, small_teacher
-
-
-def truncated(teacher: Path, out: Path, model_class) -> Path:
-    """The student's starting point, saved as it is: the teacher's layers 0,2,4, no distillation."""
-    if not (out / "config.json").is_file():
-        model = model_class.from_pretrained(teacher)
-        student, _, _ = build_student(model, StudentConfig(num_layers=3, layers="every_other"), model_class=type(model))
-        tmp = atomic_dir(out)
-        student.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
-        commit_dir(tmp, out)
-    return out
+from scales import SHARED, SMALL_BATCH, SMALL_TEACHER_STEPS, compute_seconds, small_corpus, small_teacher
 
 
 def movie_review_task(out: Path) -> tuple[Path, str]:
@@ -107,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         f"teacher={electra_teacher / 'final'}", f"generator.path={electra_teacher / 'generator'}", *common]),
         str(electra_dir), resume=True))
     # the control that gives "distilled" its meaning: the same 3 teacher layers, fine-tuned without distillation
-    bert_truncated = truncated(mlm_teacher / "final", out / "bert_truncated", AutoModelForMaskedLM)
-    electra_truncated = truncated(electra_teacher / "final", out / "electra_truncated", ElectraForPreTraining)
+    layers_0_2_4 = StudentConfig(num_layers=3, layers="every_other")
+    bert_truncated = save_untrained_student(mlm_teacher / "final", layers_0_2_4, out / "bert_truncated", AutoModelForMaskedLM)
+    electra_truncated = save_untrained_student(electra_teacher / "final", layers_0_2_4, out / "electra_truncated",
+                                               ElectraForPreTraining)
 
     print("[4/5] fine-tuning on the labelled task", flush=True)
     if smoke and (SHARED / "glue" / "SST-2").is_dir():
@@ -164,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         *lines, "",
         f"Distillation text: {text_source}; task: {task_source}; {steps} steps for each teacher adaptation and each "
         f"student (batch 16 x 64 tokens); fine-tuning 1 epoch on {finetune.max_train_examples} training examples, "
-        f"lr 1e-4, batch 32, seeds 0-{grid.seeds - 1}, evaluated on the full dev set.",
-        "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f}.",
+        f"lr 1e-4, batch 32, seeds 0-{grid.seeds - 1}, evaluated on the full dev set. One distillation seed per "
+        "student (the 30-minute budget): the intervals cover fine-tuning seeds and dev examples, not distillation seeds.",
+        "Wall times of this process (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + f"; total {total:.0f}. "
+        "Compute recorded by the runs themselves, summed over resumed parts (a rerun over finished runs reads "
+        "theirs): " + ", ".join(f"{k} {v}" for k, v in compute_seconds(out, list(results.values())).items()) + ".",
         f"Loss curves of both students: {Path(target).with_suffix('.png').name}; inspect every run: "
         f"tensorboard --logdir {out}",
         "", "Provenance: " + json.dumps(prov), ""])

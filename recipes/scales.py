@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-from kd_core.files import atomic_dir, atomic_write_text, commit_dir
+from kd_core.files import atomic_write_text
 from kd_core.config import load_config
-from kd_core.glue.compare import compare_results, finite_runs, has_predictions, macro_difference, pool_seeds
+from kd_core.glue.compare import has_predictions, macro_difference, pool_seeds
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.report import markdown_table
@@ -43,7 +42,6 @@ from kd_core.plot import loss_curves
 from kd_core.toy import write_tiny_glue
 from kd_core.errors import UserError
 from kd_core.metrics_log import recorded_wall_s
-from kd_core.student import StudentConfig, build_student
 
 SHARED = ROOT.parent / "shared" / "data"
 SCALES = ("smoke", "small", "paper")
@@ -195,46 +193,12 @@ def distilled_row(config_cls, run, cfg_file: str | Path | None, overrides: list[
     return results[0] if seeds == 1 else pool_seeds(results, label)
 
 
-def untrained_student(teacher: str | Path, student: StudentConfig, out: Path, model_class) -> Path:
-    """A control row's model saved as built, not trained: the teacher's layers copied (student.init=teacher) or
-    random weights (init=random, drawn with seed 0)."""
-    if not (out / "config.json").is_file():
-        torch.manual_seed(0)
-        model = model_class.from_pretrained(teacher)
-        built, _, _ = build_student(model, student, model_class=type(model))
-        tmp = atomic_dir(out)
-        built.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
-        commit_dir(tmp, out)
-    return out
-
-
 def teacher_on_glue(teacher: str, s: Setup, out: Path, label: str) -> dict:
     """The teacher's GLUE results; at small scale cached beside the cached teacher, per task list and grid, so
     every recipe on the same teacher shares one fine-tuning of it."""
     key = hashlib.sha256(json.dumps([sorted(s.tasks), asdict(s.grid), s.glue_dir]).encode()).hexdigest()[:12]
     where = Path(teacher).parent / f"glue-{key}" if s.scale == "small" else out
     return evaluate_on_glue(teacher, s, where, label)
-
-
-def seeds_of(result: dict) -> int:
-    """Finished runs behind a row's score (fine-tuning seeds, times distillation seeds when pooled)."""
-    return min(len(finite_runs(task)) for task in result["tasks"].values())
-
-
-def comparison_table(pairs: list[tuple[dict, dict]], tasks: list[str]) -> list[str]:
-    """The claims of a table: each (A, B) as A - B in macro over `tasks`, a paired bootstrap over dev examples with
-    seeds combined (95% interval, p), and each task's difference (* where its interval excludes 0)."""
-    lines = ["| comparison (A - B) | runs A, B | macro A - B | 95% interval | p | significant | "
-             "per task A - B (* = interval excludes 0) |", "|---|---|---|---|---|---|---|"]
-    for a, b in pairs:
-        d = macro_difference(a, b, tasks, replicates=2000)
-        per_task = ", ".join(f"{r.task} {r.metric} {r.diff:+.1f}{'*' if r.significant else ''}"
-                             for r in compare_results({**a, "tasks": {t: a["tasks"][t] for t in tasks}}, b, 1000))
-        lines.append(f"| {a['label']} - {b['label']} | {seeds_of(a)}, {seeds_of(b)} | {d['diff']:+.2f} | "
-                     f"[{d['low']:+.2f}, {d['high']:+.2f}] | {d['p_value']:.3f} | {'yes' if d['significant'] else 'no'} | "
-                     f"{per_task} |")
-    return lines
 
 
 def compute_seconds(out: Path, results: list[dict]) -> dict:

@@ -71,6 +71,11 @@ def test_distilbert_table4_smoke(tmp_path):
     assert "loss/ce" not in keys_logged(tmp_path / "no_ce") and "loss/ce" in keys_logged(tmp_path / "triple")
     assert "loss/cos" not in keys_logged(tmp_path / "no_cos") and "loss/mlm" not in keys_logged(tmp_path / "no_mlm")
     assert json.loads((tmp_path / "random_init" / "student_init.json").read_text())["init"] == "random"
+    change = next(line for line in text.splitlines() if line.startswith("| L_ce - ∅ - L_mlm (no L_cos) |")
+                  and line.endswith("| -1.46 |"))
+    assert change.split(" | ")[2].split(" [")[1].count(",") == 1  # our change with its 95% interval
+    assert "| triple loss, teacher init - control: truncated, not distilled | 4, 2 |" in text  # 2 distil x 2 fine-tune
+    assert "| control: teacherless (own MLM loss only), teacher init |" in text
 
 
 def test_herbert_scenarios_smoke(tmp_path):
@@ -86,7 +91,8 @@ def test_herbert_scenarios_smoke(tmp_path):
         assert f"| {row} |" in text
     assert not (tmp_path / "S0" / "metrics.jsonl").exists() and (tmp_path / "S0" / "final" / "config.json").is_file()
     assert keys_logged(tmp_path / "S1") >= {"loss/mlm"} and "loss/ce" not in keys_logged(tmp_path / "S1")
-    assert "loss/cos" in keys_logged(tmp_path / "S4")
+    assert "loss/cos" in keys_logged(tmp_path / "S4") and "loss/cos" in keys_logged(tmp_path / "S4_seed1")
+    assert "| S4: truncated init, distilled from T0 - S2: truncated init, no pretraining | 4, 2 |" in text
     t1 = load_file(tmp_path / "T1" / "final" / "model.safetensors")
     t0 = load_file(tmp_path / "assets" / "mlm_teacher" / "model.safetensors")
     name = "bert.encoder.layer.0.attention.self.query.weight"

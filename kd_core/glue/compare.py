@@ -157,6 +157,26 @@ def pool_seeds(results: list[dict], label: str) -> dict:
             **glue_macro(combined), "pooled_from": len(results)}
 
 
+def seeds_of(result: dict) -> int:
+    """Finished runs behind a row's score (fine-tuning seeds, times distillation seeds when pooled)."""
+    return min(len(finite_runs(task)) for task in result["tasks"].values())
+
+
+def claims_table(pairs: list[tuple[dict, dict]], tasks: list[str]) -> list[str]:
+    """The claims of a table: each (A, B) as A - B in macro over `tasks`, a paired bootstrap over dev examples with
+    seeds combined (95% interval, p), and each task's difference (* where its interval excludes 0)."""
+    lines = ["| comparison (A - B) | runs A, B | macro A - B | 95% interval | p | significant | "
+             "per task A - B (* = interval excludes 0) |", "|---|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        d = macro_difference(a, b, tasks, replicates=2000)
+        per_task = ", ".join(f"{r.task} {r.metric} {r.diff:+.1f}{'*' if r.significant else ''}"
+                             for r in compare_results({**a, "tasks": {t: a["tasks"][t] for t in tasks}}, b, 1000))
+        lines.append(f"| {a['label']} - {b['label']} | {seeds_of(a)}, {seeds_of(b)} | {d['diff']:+.2f} | "
+                     f"[{d['low']:+.2f}, {d['high']:+.2f}] | {d['p_value']:.3f} | {'yes' if d['significant'] else 'no'} | "
+                     f"{per_task} |")
+    return lines
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 

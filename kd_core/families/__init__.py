@@ -3,7 +3,8 @@
 
 A `Family` says where the encoder layers and their query/key projections are, how hidden states
 become vocabulary logits, the encoder's width, depth, head count and longest input, and how its
-parameter names number the layers (for layer maps and layer-wise learning-rate decay).
+parameter names number the layers (for layer maps and layer-wise learning-rate decay), and which linear
+maps of a layer hold its attention heads and FFN neurons (for structured pruning, kd_core.compress).
 """
 from __future__ import annotations
 
@@ -21,6 +22,17 @@ LAYER_NAME = re.compile(r"^(.*\.(?:layer|layers))\.(\d+)\.(.*)$")
 
 
 @dataclass(frozen=True)
+class Units:
+    """One encoder layer's prunable units. Head h is rows h*d..(h+1)*d of each of `qkv` and the same columns
+    of `attn_out` (d = width / heads of the config); FFN neuron j is row j of `ffn_in` and column j of `ffn_out`."""
+    attention: nn.Module  # the module whose `heads_attr` (and `all_head_size`, where it has one) count its heads
+    qkv: tuple[nn.Linear, nn.Linear, nn.Linear]
+    attn_out: nn.Linear
+    ffn_in: nn.Linear
+    ffn_out: nn.Linear
+
+
+@dataclass(frozen=True)
 class Family:
     model_types: tuple[str, ...]
     encoder_layers: Callable[[nn.Module], nn.ModuleList]  # of a model (any head) or its base model
@@ -30,6 +42,9 @@ class Family:
     depth: Callable[[object], int]  # number of encoder layers
     heads: Callable[[object], int]  # attention heads per layer
     max_length: Callable[[object], int]  # longest input in tokens
+    units: Callable[[nn.Module], Units]  # one encoder layer -> its heads' and FFN neurons' linear maps
+    heads_attr: str  # the attention module's (and the config's) head-count attribute
+    ffn_key: str  # the config's FFN width (intermediate size) key
     layer_name: re.Pattern = LAYER_NAME
 
 

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from . import Family, register
+from . import Family, Units, register
 
 DISTILBERT = register(Family(
     model_types=("distilbert",),
@@ -15,7 +15,10 @@ DISTILBERT = register(Family(
     mlm_head=lambda model: (
         lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))),
     width=lambda c: c.dim, depth=lambda c: c.n_layers, heads=lambda c: c.n_heads,
-    max_length=lambda c: c.max_position_embeddings))
+    max_length=lambda c: c.max_position_embeddings,
+    units=lambda layer: Units(layer.attention, (layer.attention.q_lin, layer.attention.k_lin, layer.attention.v_lin),
+                              layer.attention.out_lin, layer.ffn.lin1, layer.ffn.lin2),
+    heads_attr="n_heads", ffn_key="hidden_dim"))
 
 # BERT parameter names -> DistilBERT's
 BERT_TO_DISTILBERT = [

@@ -3,9 +3,9 @@ the generator's MLM head is `generator_predictions` + `generator_lm_head`."""
 from __future__ import annotations
 
 from . import Family, register
-from .bert import base_layers, bert_config_sizes, self_attention_qk
+from .bert import BERT_UNITS, base_layers, bert_config_sizes, self_attention_qk
 
 ELECTRA = register(Family(
     model_types=("electra",), encoder_layers=base_layers, query_key=self_attention_qk,
     mlm_head=lambda model: (lambda h: model.generator_lm_head(model.generator_predictions(h))),
-    **bert_config_sizes()))
+    **bert_config_sizes(), **BERT_UNITS))

@@ -7,6 +7,10 @@ Resumable at every level: a finished run (its final/ exists) is not trained agai
 one continues from its newest checkpoint, and the GLUE grid loads finished fine-tuning runs.
 Writes ablation.json, ablation.md, heatmap.png (primary GLUE score over b1 x b2, one panel per b3)
 and TensorBoard hparams under tb/ so the runs compare side by side.
+
+With `controls` (default), two rows give the grid its meaning: the teacherless point b1=b2=b3=0 (the student's own
+RTD loss on the frozen generator's replacements, same steps) and the student truncated from the teacher and not
+distilled; every grid point is compared with both by a paired bootstrap over dev examples (seeds combined).
 """
 from __future__ import annotations
 
@@ -18,11 +22,14 @@ from pathlib import Path
 
 from kd_core.config import load_config, to_dict
 from kd_core.files import atomic_write_text
+from kd_core.glue.compare import claims_table
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.tasks import get_task
 from kd_core.metrics_log import read_metrics
 from kd_core.plot import heatmap
+from kd_core.student import save_untrained_student
+from transformers import ElectraForPreTraining
 
 from .distill import ElectraRunConfig, run
 
@@ -44,6 +51,7 @@ class AblationConfig:
     b2: list[float] = field(default_factory=lambda: [0.0, 1.0])
     b3: list[float] = field(default_factory=lambda: [0.0, 1.0])
     glue: GlueSettings = field(default_factory=GlueSettings)
+    controls: bool = True  # also run the teacherless point (0, 0, 0) and the truncated student, and compare
 
 
 def point_name(b1: float, b2: float, b3: float) -> str:
@@ -51,10 +59,10 @@ def point_name(b1: float, b2: float, b3: float) -> str:
 
 
 def score_of(results: dict) -> float:
-    """Mean over tasks of the chosen cell's median primary metric; NaN (shown as failed) when a task diverged."""
+    """Mean over tasks of the chosen cell's mean primary metric over seeds; NaN (shown as failed) when a task diverged."""
     if any(t.get("status") == "failed" for t in results["tasks"].values()):
         return float("nan")
-    return statistics.fmean(t["metrics"][t["primary"]]["median"] for t in results["tasks"].values())
+    return statistics.fmean(t["metrics"][t["primary"]]["mean"] for t in results["tasks"].values())
 
 
 def score_std(results: dict) -> float | None:
@@ -71,7 +79,20 @@ def score_std(results: dict) -> float | None:
     return statistics.stdev(statistics.fmean(values) for values in zip(*per_task))
 
 
-def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log=print) -> dict:
+def run_glue(cfg: AblationConfig, model: Path, out: Path, label: str) -> dict:
+    g = cfg.glue
+    return run_grid(str(model), [get_task(t) for t in g.tasks], g.glue_dir,
+                    GridConfig(lrs=g.lrs, batch_sizes=g.batch_sizes, seeds=g.seeds, finetune=g.finetune), out, label=label)
+
+
+def summary(glue: dict, run_dir: Path) -> dict:
+    """A row of the table: score (± std over seeds) and each task's mean metrics."""
+    return {"run_dir": str(run_dir), "score": score_of(glue), "score_std": score_std(glue),
+            "glue": {name: {m: s["mean"] for m, s in (t["metrics"] or {}).items()} for name, t in glue["tasks"].items()}}
+
+
+def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log=print) -> tuple[dict, dict]:
+    """(the point's row, its GLUE results)."""
     run_dir = out / point_name(*b)
     run_cfg = load_config(ElectraRunConfig, base=to_dict(cfg.base),
                           overrides=[f"loss.b1={b[0]}", f"loss.b2={b[1]}", f"loss.b3={b[2]}"])
@@ -80,17 +101,21 @@ def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log
         run(run_cfg, str(run_dir), resume=True)
     else:
         log(f"== {point_name(*b)}: distilled before, skipped")
-    g = cfg.glue
-    glue = run_grid(str(run_dir / "final"), [get_task(t) for t in g.tasks], g.glue_dir,
-                    GridConfig(lrs=g.lrs, batch_sizes=g.batch_sizes, seeds=g.seeds, finetune=g.finetune),
-                    run_dir / "glue", label=point_name(*b))
+    glue = run_glue(cfg, run_dir / "final", run_dir / "glue", point_name(*b))
     train = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss/total" in r]
     evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/rtd" in r]
-    return {"b1": b[0], "b2": b[1], "b3": b[2], "run_dir": str(run_dir), "score": score_of(glue),
-            "score_std": score_std(glue),
-            "glue": {name: {m: s["median"] for m, s in (t["metrics"] or {}).items()} for name, t in glue["tasks"].items()},
+    return {"b1": b[0], "b2": b[1], "b3": b[2], **summary(glue, run_dir),
             "final_train_losses": {k: v for k, v in train[-1].items() if k.startswith("loss/")} if train else {},
-            "final_eval_rtd": evals[-1]["eval/loss/rtd"] if evals else None}
+            "final_eval_rtd": evals[-1]["eval/loss/rtd"] if evals else None}, glue
+
+
+def run_controls(cfg: AblationConfig, out: Path, log=print) -> tuple[dict, dict, dict, dict]:
+    """(teacherless row, its GLUE results, truncated row, its GLUE results)."""
+    teacherless, teacherless_glue = run_point(cfg, (0.0, 0.0, 0.0), out, log)
+    model = save_untrained_student(cfg.base.teacher, cfg.base.student, out / "truncated" / "final", ElectraForPreTraining)
+    log("== truncated, not distilled: fine-tuning")
+    truncated_glue = run_glue(cfg, model, out / "truncated" / "glue", "truncated, not distilled")
+    return teacherless, teacherless_glue, summary(truncated_glue, out / "truncated"), truncated_glue
 
 
 def write_hparams(out: Path, point: dict) -> None:
@@ -107,11 +132,12 @@ def write_hparams(out: Path, point: dict) -> None:
 def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=print) -> list[dict]:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    points = []
+    points, glues = [], []
     for b in itertools.product(cfg.b1, cfg.b2, cfg.b3):
-        point = run_point(cfg, b, out, log)
+        point, glue = run_point(cfg, b, out, log)
         write_hparams(out, point)
         points.append(point)
+        glues.append(glue)
     tasks = ", ".join(cfg.glue.tasks)
     metric_cols = sorted({(t, m) for p in points for t, ms in p["glue"].items() for m in ms})
     lines = ["| b1 | b2 | b3 | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols)
@@ -119,14 +145,31 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
     for p in points:
         losses = [p["final_train_losses"].get("loss/rtd"), p["final_eval_rtd"]]
         loss_text = " | ".join(f"{x:.4f}" if x is not None else "–" for x in losses)
-        score = f"{p['score']:.2f}" + (f" ± {p['score_std']:.2f}" if p["score_std"] else "")
-        lines.append(f"| {p['b1']:g} | {p['b2']:g} | {p['b3']:g} | {score} | "
+        lines.append(f"| {p['b1']:g} | {p['b2']:g} | {p['b3']:g} | {score_text(p)} | "
                      + " | ".join(f"{p['glue'][t][m]:.2f}" if m in p["glue"][t] else "failed" for t, m in metric_cols)
                      + f" | {loss_text} |")
-    table = "\n".join(lines)
-    atomic_write_text(out / "ablation.md", f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks})\n\n"
-                      + table + "\n")
-    atomic_write_text(out / "ablation.json", json.dumps({"points": points, "config": to_dict(cfg),
+    text = f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks}, mean ± std over {cfg.glue.seeds} " \
+           f"fine-tuning seeds)\n\n" + "\n".join(lines) + "\n"
+    controls = {}
+    title = f"GLUE dev score ({tasks}) over b1 x b2 x b3"
+    if cfg.controls:
+        teacherless, teacherless_glue, truncated, truncated_glue = run_controls(cfg, out, log)
+        controls = {"teacherless": teacherless, "truncated": truncated}
+        claims = [(glue, control) for control in (teacherless_glue, truncated_glue) for glue in glues
+                  if glue["model"] != control["model"]]
+        text += (f"\nControls (same student, steps, data and fine-tuning): teacherless b1=b2=b3=0 (own RTD loss only) "
+                 f"{score_text(teacherless)}; truncated from the teacher, not distilled {score_text(truncated)}.\n\n"
+                 "Each point against the controls (paired bootstrap over dev examples, seeds combined, 2,000 replicates; "
+                 "significant only when the 95% interval excludes 0):\n\n"
+                 + "\n".join(claims_table(claims + [(teacherless_glue, truncated_glue)], cfg.glue.tasks)) + "\n")
+        title += f"\ntruncated, not distilled: {score_text(truncated)}; teacherless = the (0, 0, 0) point"
+    atomic_write_text(out / "ablation.md", text)
+    atomic_write_text(out / "ablation.json", json.dumps({"points": points, "controls": controls, "config": to_dict(cfg),
                                                          "provenance": provenance(command)}, indent=1))
-    heatmap(points, out / "heatmap.png", f"GLUE dev score ({tasks}) over b1 x b2 x b3")
+    shown = points + ([controls["teacherless"]] if controls and controls["teacherless"] not in points else [])
+    heatmap(shown, out / "heatmap.png", title)
     return points
+
+
+def score_text(row: dict) -> str:
+    return f"{row['score']:.2f}" + (f" ± {row['score_std']:.2f}" if row["score_std"] else "")

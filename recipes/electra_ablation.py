@@ -8,8 +8,9 @@ The grid file is recipes/configs/electra_ablation.yaml (3-layer student from tea
 paper: google/electra-base-discriminator as teacher (its generator frozen), a 6-layer student, 20,000 steps
        of batch 64 in bf16, the yaml's b grid and GLUE tasks.
 small: the offline ELECTRA teacher, b1 x b2 in {0,1,2}^2 at b3 = 1 (nine points), each 200 steps x 16 rows,
-       then SST-2 fine-tuned on 2,000 training sentences (3 epochs); results/electra_ablation/. Smaller than
-       the other recipes' small scale so that nine points fit about an hour on 2 CPU cores. At this budget
+       then SST-2 fine-tuned on 2,000 training sentences (1 epoch, 3 seeds); results/electra_ablation/. Smaller
+       than the other recipes' small scale so that nine points and the two controls (teacherless b = 0,0,0 and
+       the truncated student) fit about an hour on 2 CPU cores. At this budget
        3-layer students stay at the majority class on MRPC, near zero on STS-B and at chance on RTE (and
        RTE's long pairs cost 5 minutes per point), so SST-2 is the task that separates them; the table also
        gives each point's held-out RTD loss.

@@ -1,6 +1,7 @@
 """electra_kd: RTD corruption, every loss term, the embedding-size projection, runs and the ablation."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -234,9 +235,15 @@ def test_ablation_grid_resumes_after_a_kill(electra_dir, tiny_corpus, tmp_path, 
     assert trained == [(0.0, 0.0, 1.0), (0.0, 1.0, 1.0)]
     trained.clear()
     points = ablate(cfg, out)
-    assert trained == [(0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 1.0)]  # point 1 was not trained again
+    # point 1 was not trained again; the teacherless control (0, 0, 0) comes after the grid
+    assert trained == [(0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)]
     assert len(points) == 4 and all(0 <= p["score"] <= 100 for p in points)
     table = (out / "ablation.md").read_text()
     assert "| 1 | 1 | 1 |" in table and "rte accuracy" in table
+    assert "| b1=1_b2=1_b3=1 - b1=0_b2=0_b3=0 | 1, 1 |" in table  # each point against the teacherless control
+    assert "| b1=1_b2=1_b3=1 - truncated, not distilled | 1, 1 |" in table
+    controls = json.loads((out / "ablation.json").read_text())["controls"]
+    assert set(controls) == {"teacherless", "truncated"} and 0 <= controls["truncated"]["score"] <= 100
+    assert (out / "truncated" / "final" / "model.safetensors").is_file()
     assert (out / "heatmap.png").read_bytes().startswith(b"\x89PNG")
     assert len(list((out / "tb").iterdir())) == 4

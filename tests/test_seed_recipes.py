@@ -110,6 +110,8 @@ def test_korean_slides_smoke(tmp_path):
     two_stage = tmp_path / "tinybert" / "two-stage" / "glue" / "rte" / "lr0.001_bs16" / "seed0" / "result.json"
     assert set(json.loads(two_stage.read_text())["stages"]) == {"stage1", "stage2"}
     assert {"loss/emb", "loss/hid", "loss/att"} <= keys_logged(tmp_path / "tinybert")
+    assert "| DistilBERT-shaped + pred - DistilBERT-shaped | 2, 2 |" in text  # each claim with its seeds and interval
+    assert "| DistilBERT-shaped - control: DistilBERT-shaped truncated, not distilled | 2, 2 |" in text
 
 
 def test_electra_ablation_smoke(tmp_path):

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from bert_kd.objective import DistillationObjective, DistilLossConfig
+from kd_core.glue.grid import portable
 from common import make_mlm_batch
 from kd_core.config import load_config
 from kd_core.engine import Engine, TrainConfig
@@ -116,7 +117,7 @@ def main() -> None:
         table.append({"path": label, "median_step_s": round(med, 4), "tokens_per_s": round(tokens / med),
                       "speedup_vs_plain": round(base / med, 3)})
     result = {
-        "command": "python benchmarks/bert_kd_step.py " + " ".join(os.sys.argv[1:]),
+        "command": portable("python benchmarks/bert_kd_step.py " + " ".join(os.sys.argv[1:])),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=ROOT).stdout.strip(),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else

@@ -19,6 +19,7 @@ from kd_core.data import PrepareConfig, prepare
 from kd_core.data.clean import CleanConfig, Cleaner
 from kd_core.data.prepare import load_tokenizer, tokenize_documents
 from kd_core.data.sources import read_documents, text_files
+from kd_core.glue.grid import portable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,11 +46,12 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "results" / "bench_prepare.json"))
     args = parser.parse_args()
     tokenizer = args.tokenizer or str(minilm_dir())
-    result = {"command": "python benchmarks/prepare_throughput.py " + " ".join(os.sys.argv[1:]),
+    result = {"command": portable("python benchmarks/prepare_throughput.py " + " ".join(os.sys.argv[1:])),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=ROOT).stdout.strip(),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "inputs": args.input, "tokenizer": tokenizer, "max_len": args.max_len, "runs": []}
+              "inputs": [portable(path) for path in args.input], "tokenizer": portable(str(tokenizer)),
+              "max_len": args.max_len, "runs": []}
     result["stages_single_process"] = stage_times(args.input, tokenizer)
     for n in args.num_proc:
         with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import (BertConfig, BertForMaskedLM, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining)
 
 from bert_kd.objective import DistillationObjective, DistilLossConfig
+from kd_core.glue.grid import portable
 from common import make_mlm_batch
 from electra_kd.objective import ElectraLossConfig, ElectraObjective, loss_weights
 from kd_core.config import load_config
@@ -234,7 +235,7 @@ def main() -> None:
                 rows.extend(run_case(kind, seq, precision, args.steps, args.tokens_per_step))
                 torch.cuda.empty_cache()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    meta = {"command": "python benchmarks/throughput.py " + " ".join(os.sys.argv[1:]), "commit": commit or "unknown",
+    meta = {"command": portable("python benchmarks/throughput.py " + " ".join(os.sys.argv[1:])), "commit": commit or "unknown",
             "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "peak_flops": PEAK, "flops_formula": FLOPS_FORMULA, "steps_timed": args.steps,
             "tokens_per_step": args.tokens_per_step, "ours_options": args.ours_set}

@@ -43,6 +43,8 @@ def test_greek_table1_smoke(tmp_path):
     provenance = json.loads(table.split("Provenance: ")[1].splitlines()[0])
     assert provenance["compute"]["training_s"] > 0 and provenance["compute"]["finetuning_s"] > 0
     assert provenance["distill_seeds"] == 2 and str(tmp_path) not in provenance["command"]
+    saved = (tmp_path / "greek_table1.json").read_text()  # the file a user commits: no machine paths
+    assert "dev_examples" not in saved and str(tmp_path) not in saved and "<outside>/" in saved
 
 
 def test_greek_table1_paper_scale_assembles_the_report_configs(tmp_path, capsys):

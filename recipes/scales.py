@@ -208,9 +208,13 @@ def compute_seconds(out: Path, results: list[dict]) -> dict:
     runs = {p.parent for p in out.rglob("metrics.jsonl") if (p.parent / "final").is_dir()}
     runs |= {Path(m).parent for r in results for m in r.get("models", [r["model"]]) if (Path(m).parent / "metrics.jsonl").is_file()}
     training = {run: recorded_wall_s(run) for run in runs}
-    finetuning = sum(run.get("wall_s", 0.0) for r in results for t in r["tasks"].values() if "cells" in t
-                     for cell in t["cells"].values() for run in cell["runs"])
-    return {"training_s": round(sum(v for v in training.values() if v), 1), "finetuning_s": round(finetuning, 1),
+    by_task: dict[str, float] = {}
+    for r in results:
+        for name, task in r["tasks"].items():
+            runs = [run for cell in task.get("cells", {}).values() for run in cell["runs"]]
+            by_task[name] = round(by_task.get(name, 0.0) + sum(run.get("wall_s", 0.0) for run in runs), 1)
+    return {"training_s": round(sum(v for v in training.values() if v), 1),
+            "finetuning_s": round(sum(by_task.values()), 1), "finetuning_s_by_task": by_task,
             "training_runs_without_a_record": sum(v is None for v in training.values())}
 
 

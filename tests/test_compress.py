@@ -271,6 +271,7 @@ def test_cli_bad_inputs_are_one_line_errors_and_leave_nothing(toy_glue_classifie
     regression.save_pretrained(tmp_path / "stsb_model")
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp_path / "stsb_model")
     data = ["--task", "rte", "--glue-dir", str(glue)]
+    capsys.readouterr()  # the setup's save_pretrained progress bars
     cases = {
         "no such directory": ["prune", "--model", str(tmp_path / "missing"), "--target-heads", "0.5", *data],
         "share in [0, 1)": ["prune", "--model", str(model_dir), "--target-heads", "1.5", *data],
@@ -293,6 +294,22 @@ def test_cli_bad_inputs_are_one_line_errors_and_leave_nothing(toy_glue_classifie
         assert err.startswith("error: ") and "\n" not in err, (expected, err)
         assert expected in err or expected == "quantize", (expected, err)
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists(), expected
+
+
+def test_overwrite_never_deletes_the_input_or_a_folder_it_did_not_write(toy_glue_classifier, tmp_path, capsys):
+    model_dir, _ = toy_glue_classifier
+    before = sorted(p.name for p in model_dir.iterdir())
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    for output, expected in ((model_dir, "overlaps --model"), (model_dir / "int8", "overlaps --model"),
+                             (model_dir.parent, "overlaps --model"), (precious, "not a model this command wrote")):
+        assert main(["quantize", "--model", str(model_dir), "--output", str(output), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err, err
+    assert sorted(p.name for p in model_dir.iterdir()) == before and (precious / "notes.txt").read_text() == "keep me"
+    assert main(["quantize", "--model", str(model_dir), "--output", str(tmp_path / "q")]) == 0
+    assert main(["quantize", "--model", str(model_dir), "--output", str(tmp_path / "q"), "--overwrite"]) == 0
 
 
 def test_compression_table_recipe_smoke(tmp_path):

@@ -45,13 +45,23 @@ def load_model(path: str) -> tuple[nn.Module, object]:
     return model.eval(), tokenizer
 
 
-def check_output(output: str, overwrite: bool) -> Path:
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise UserError(f"--output {out} already exists; give a new directory or --overwrite to replace it")
+REPORTS = ("pruning.json", "quantization.json")  # what marks a directory these commands wrote
+
+
+def check_output(output: str, overwrite: bool, model: str) -> Path:
+    """The output directory: new, or (--overwrite) one that prune/quantize wrote before; never the input model,
+    a folder holding it, or any other existing folder (--overwrite deletes what it replaces)."""
+    out, source = Path(output).resolve(), Path(model).resolve()
+    if out == source or out in source.parents or source in out.parents:
+        raise UserError(f"--output {output} overlaps --model {model}; give a new directory beside it")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} is a file; give a directory")
-    return out
+        raise UserError(f"--output {output} is a file; give a directory")
+    if out.exists() and not overwrite:
+        raise UserError(f"--output {output} already exists; give a new directory or --overwrite to replace it")
+    if out.exists() and not any((out / name).is_file() for name in REPORTS):
+        raise UserError(f"--output {output} is not a model this command wrote (no {' or '.join(REPORTS)}); "
+                        "--overwrite only replaces those: give a new directory")
+    return Path(output)
 
 
 @contextmanager

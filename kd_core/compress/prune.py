@@ -215,7 +215,7 @@ def prune(cfg: PruneConfig) -> dict:
     problems = cfg.problems()
     if problems:
         raise UserError("; ".join(problems))
-    out = check_output(cfg.output, cfg.overwrite)
+    out = check_output(cfg.output, cfg.overwrite, cfg.model)
     model, tokenizer = load_model(cfg.model)
     rows, collate = open_data(cfg, tokenizer, model)
     teacher = copy.deepcopy(model).requires_grad_(False)

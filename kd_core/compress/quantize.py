@@ -87,7 +87,7 @@ def dev_scores(model: nn.Module, tokenizer, task_name: str, glue_dir: str | None
 
 def run_quantize(cfg: QuantizeConfig) -> dict:
     """Quantize `cfg.model` into `cfg.output`; with a task, the fp32 and int8 dev scores side by side."""
-    out = check_output(cfg.output, cfg.overwrite)
+    out = check_output(cfg.output, cfg.overwrite, cfg.model)
     model, tokenizer = load_model(cfg.model)
     quantized = quantize(model)
     report: dict = {"config": asdict(cfg), "fp32_bytes": size_on_disk(cfg.model), "fp32_params": n_params(model)}

@@ -20,6 +20,12 @@ def exit_code_of(work: Callable[[], object]) -> int:
     return 0
 
 
+def script_exit(main: Callable[[], int]) -> int:
+    """A script's exit status: its main's, or 2 with one `error: ...` line for a UserError."""
+    codes: list[int] = []
+    return exit_code_of(lambda: codes.append(main())) or codes[0]
+
+
 def run_and_report(run: Callable[[], dict], output_dir: str) -> int:
     """A training command: exit_code_of, then the final logged values and the TensorBoard command."""
     summary: dict = {}

@@ -39,6 +39,7 @@ from kd_core.glue.data import load_split
 from kd_core.glue.grid import provenance, run_grid
 from kd_core.glue.tasks import get_task
 from scales import ROOT, distil_once, recipe_parser, setup_from_args
+from kd_core.cli import script_exit
 
 NAME = "compression"
 # per scale: pruning steps, recovery steps after each, importance batches, batch size; latency passes, texts
@@ -176,4 +177,4 @@ def notes(s, task: str, layers: int) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

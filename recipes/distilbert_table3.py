@@ -28,6 +28,7 @@ from kd_core.latency import interleaved_latency
 from kd_core.glue.grid import provenance
 from kd_core.glue.tasks import get_task
 from kd_core.student import StudentConfig, build_student, load_masked_lm
+from kd_core.cli import script_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 QUOTED = [("ELMo (paper, quoted)", 180, 895), ("BERT-base (paper, quoted)", 110, 668),
@@ -113,4 +114,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

@@ -25,6 +25,7 @@ from kd_core.config import load_config
 from kd_core.glue.compare import claims_table, macro_difference
 from kd_core.glue.report import macro_of_means
 from kd_core.student import save_untrained_student
+from kd_core.cli import script_exit
 
 # (label, run name, overrides, the paper's change in GLUE macro score vs the triple loss; None for the reference)
 ROWS = [("triple loss, teacher init", "triple", [], None),
@@ -35,7 +36,7 @@ ROWS = [("triple loss, teacher init", "triple", [], None),
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = recipe_parser(__doc__, "distilbert_table4", dry_run=True)
+    parser = recipe_parser(__doc__, "distilbert_table4", dry_run=True, distill_seeds=True)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -92,4 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

@@ -30,6 +30,7 @@ from scales import ROOT, recipe_parser, setup_from_args
 from electra_kd.ablate import AblationConfig, ablate
 from kd_core.files import atomic_write_text
 from kd_core.config import load_config
+from kd_core.cli import script_exit
 
 GRIDS = {"smoke": ("0,1", "1", "1"), "small": ("0,1,2", "0,1,2", "1"), "paper": (None, None, None)}
 BUDGETS = {  # per-point overrides of the scale's student budget, and how the results file states them
@@ -86,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

@@ -24,6 +24,7 @@ from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.report import markdown_table
 from kd_core.glue.tasks import get_task
 from kd_core.metrics_log import read_metrics
+from kd_core.cli import script_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

@@ -27,6 +27,7 @@ from bert_kd.distill import DistilConfig, run
 from kd_core.config import load_config
 from kd_core.glue.compare import claims_table
 from kd_core.student import save_untrained_student
+from kd_core.cli import script_exit
 
 CONFIGS = HERE / "configs"
 QUOTED_COLUMNS = [("cola", "mcc"), ("mnli", "accuracy_m"), ("mnli", "accuracy_mm"), ("mrpc", "f1"), ("mrpc", "accuracy"),
@@ -52,7 +53,7 @@ def references() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = recipe_parser(__doc__, "greek_table1", dry_run=True)
+    parser = recipe_parser(__doc__, "greek_table1", dry_run=True, distill_seeds=True)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -112,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

@@ -26,6 +26,7 @@ from kd_core.config import load_config
 from kd_core.glue.compare import claims_table
 from kd_core.student import save_untrained_student
 from transformers import AutoModelForMaskedLM
+from kd_core.cli import script_exit
 
 # name, init, training (None: none), teacher; the report's Table 1
 SCENARIOS = [("S0", "random", None, "T0"), ("S1", "random", "mlm", "T0"), ("S2", "teacher", None, "T0"),
@@ -36,7 +37,7 @@ QUOTED = {"S0": (80.22, 55.84, 47.55), "S1": None, "S2": (86.58, 74.9, 90.21), "
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = recipe_parser(__doc__, "herbert_scenarios")
+    parser = recipe_parser(__doc__, "herbert_scenarios", distill_seeds=True)
     parser.add_argument("--teacher", help="T0 (default: the scale's MLM teacher)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -85,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

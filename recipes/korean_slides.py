@@ -30,6 +30,7 @@ from kd_core.glue.distill import TaskDistillConfig
 from kd_core.student import save_untrained_student
 from transformers import AutoModelForMaskedLM
 from kd_core.glue.grid import cell_name
+from kd_core.cli import script_exit
 
 STUDENTS = [("DistilBERT-shaped", "distilbert", "distilbert.yaml"), ("TinyBERT-shaped 4x312", "tinybert", "tinybert_4x312.yaml")]
 QUOTED = [  # the slides' result table: NSMC acc, KorQuAD 1.0 EM / F1, ETRI NER (two F1 columns as printed)
@@ -102,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

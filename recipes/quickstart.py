@@ -41,6 +41,7 @@ from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.tasks import get_task
 from scales import SHARED, SMALL_BATCH, SMALL_TEACHER_STEPS, compute_seconds, small_corpus, small_teacher
+from kd_core.cli import script_exit
 
 
 def movie_review_task(out: Path) -> tuple[Path, str]:
@@ -170,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

@@ -108,7 +108,8 @@ def smoke_assets(workdir: Path) -> dict[str, str]:
 def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | None = None,
           tasks: list[str] | None = None, kinds: tuple[str, ...] = ("mlm",)) -> Setup:
     """Teachers (of `kinds`), corpus and GLUE for a scale; small builds what is missing (cached)."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    if scale in ("smoke", "small"):
+        workdir.mkdir(parents=True, exist_ok=True)
     if scale == "smoke":
         assets = smoke_assets(workdir / "assets")
         return Setup(scale, assets["mlm"], f"{assets['electra']}/discriminator", f"{assets['electra']}/generator",
@@ -157,11 +158,11 @@ def setup_from_args(args: argparse.Namespace, default_tasks: list[str] | None = 
                     kinds: tuple[str, ...] = ("mlm",), workdir: Path | None = None) -> Setup:
     """`setup` from a recipe_parser's arguments (--tasks, else `default_tasks`, else the scale's)."""
     tasks = args.tasks.split(",") if args.tasks else default_tasks
+    seeds = getattr(args, "distill_seeds", None)
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--distill-seeds {seeds}: give 1 or more")
     s = setup(args.scale, workdir or Path(args.output_dir), args.glue_dir, args.corpus, tasks, kinds)
-    if getattr(args, "distill_seeds", None) is not None:
-        if args.distill_seeds < 1:
-            raise UserError(f"--distill-seeds {args.distill_seeds}: give 1 or more")
-        s.distill_seeds = args.distill_seeds
+    s.distill_seeds = seeds or s.distill_seeds
     return s
 
 
@@ -218,7 +219,8 @@ def compute_seconds(out: Path, results: list[dict]) -> dict:
             "training_runs_without_a_record": sum(v is None for v in training.values())}
 
 
-def recipe_parser(doc: str, name: str, table: bool = True, dry_run: bool = False) -> argparse.ArgumentParser:
+def recipe_parser(doc: str, name: str, table: bool = True, dry_run: bool = False,
+                  distill_seeds: bool = False) -> argparse.ArgumentParser:
     """The arguments every seed-table recipe takes; `name` is its script's stem."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=SCALES, default="small")
@@ -226,8 +228,9 @@ def recipe_parser(doc: str, name: str, table: bool = True, dry_run: bool = False
     parser.add_argument("--glue-dir", help="GLUE folders (default: ../shared/data/glue, else the hub)")
     parser.add_argument("--corpus", help="a prepared corpus (default: the scale's)")
     parser.add_argument("--tasks", help="comma-separated GLUE tasks (default: the scale's)")
-    parser.add_argument("--distill-seeds", type=int, help="distillation seeds of the row the table's claim is about "
-                                                          "(default: the scale's: smoke 2, small 2, paper 1)")
+    if distill_seeds:
+        parser.add_argument("--distill-seeds", type=int, help="distillation seeds of the row the table's claim is "
+                                                              "about (default: the scale's: smoke 2, small 2, paper 1)")
     if table:
         parser.add_argument("--results", help=f"default: results/{name}.md (smoke: inside the output dir)")
     if dry_run:

@@ -30,6 +30,7 @@ from kd_core.assets import cache_dir, minilm_dir
 from kd_core.config import load_config
 from kd_core.data import read_stats
 from kd_core.pretrain import PretrainConfig, run as run_mlm
+from kd_core.cli import script_exit
 
 DEFAULT_STEPS = {"mlm": 300, "electra": 1000}
 
@@ -136,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_exit(main))

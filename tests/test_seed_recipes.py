@@ -53,7 +53,8 @@ def test_greek_table1_paper_scale_assembles_the_report_configs(tmp_path, capsys)
     assert greek_table1.main(["--scale", "paper", "--corpus", str(tmp_path / "wt103"), "--output-dir",
                               str(tmp_path), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("== ") == 3 and "greek_distilbert_init.yaml" in printed
+    assert printed.count("== ") == 4 and "greek_distilbert_init.yaml" in printed  # 3 rows + the teacherless control
+    assert "teacherless: " in printed and "loss_weights={ce: 0.0, mlm: 1.0, cos: 0.0}" in printed
     from kd_core.config import load_config
 
     from bert_kd.distill import DistilConfig
@@ -171,3 +172,20 @@ def test_ordering_note_tests_each_step_of_the_ranking():
     step_ab, step_bc = note.split("A - B = ")[1].split(";")[0], note.split("B - C = ")[1]
     assert "within noise" not in step_ab and "within noise" in step_bc
     assert "(1 of 2 steps not resolved by this data)" in note
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["greek_table1.py", "--scale", "smoke", "--distill-seeds", "0"], "--distill-seeds 0: give 1 or more"),
+    (["distilbert_table4.py", "--scale", "paper", "--dry-run"], "--scale paper needs --corpus"),
+])
+def test_recipe_user_errors_are_one_line(argv, expected, tmp_path):
+    """What a user runs: the script itself, exit 2 and one `error:` line, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(RECIPES / argv[0]), *argv[1:], "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert expected in done.stderr.strip().splitlines()[-1]
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "out").exists()

@@ -74,3 +74,38 @@ def test_compare_cli_on_two_fine_tuned_models(tiny_tokenizer, tmp_path, capsys):
     assert len(json.loads((tmp_path / "cmp.json").read_text())) == 2
     assert main([str(tmp_path / "glue_a"), str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no results.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, split", [("cola", "dev"), ("sst2", "dev"), ("mrpc", "dev"), ("stsb", "dev"),
+                                         ("mnli", "dev_mismatched")])
+def test_rowwise_metrics_equal_sklearn_and_scipy_row_by_row(task, split):
+    """The bootstrap's vectorised metrics against kd_core.glue.metrics (scikit-learn, scipy), rows with ties,
+    no positive predictions, and constant predictions included."""
+    from kd_core.glue.compare import metric_of, rowwise
+    from kd_core.glue.tasks import get_task
+
+    rng = np.random.default_rng(1)
+    regression = get_task(task).is_regression
+    labels = rng.integers(0, 6, (40, 30)).astype(float) if regression else rng.integers(0, 2, (40, 30)).astype(float)
+    predictions = np.round(rng.normal(2.5, 1.5, (40, 30)), 1) if regression else rng.integers(0, 2, (40, 30)).astype(float)
+    predictions[0] = 0.0  # no positive prediction (F1 0, MCC 0) / a constant row (correlation undefined)
+    name, score = metric_of(get_task(task), split)
+    fast = rowwise(name)(predictions, labels)
+    slow = np.array([score(p, y) for p, y in zip(predictions, labels)])
+    assert np.array_equal(np.isnan(fast), np.isnan(slow))
+    np.testing.assert_allclose(fast[~np.isnan(fast)], slow[~np.isnan(slow)], atol=1e-9)
+
+
+def test_fast_bootstrap_draws_what_the_per_replicate_loop_draws():
+    from kd_core.glue.compare import rowwise
+
+    rng = np.random.default_rng(2)
+    labels = rng.normal(size=200)
+    a = [labels + rng.normal(scale=s, size=200) for s in (0.5, 0.6)]
+    b = [labels + rng.normal(scale=1.0, size=200) for _ in range(3)]
+    pearson = lambda p, y: float(np.corrcoef(p, y)[0, 1] * 100)
+    slow = paired_bootstrap([Block(pearson, labels, a, b)], replicates=300, seed=5)
+    fast = paired_bootstrap([Block(pearson, labels, a, b, rows=rowwise("pearson"))], replicates=300, seed=5)
+    assert slow.keys() == fast.keys()
+    for key in slow:
+        assert fast[key] == pytest.approx(slow[key], abs=1e-9), key

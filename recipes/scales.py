@@ -197,7 +197,8 @@ def distilled_row(config_cls, run, cfg_file: str | Path | None, overrides: list[
 def teacher_on_glue(teacher: str, s: Setup, out: Path, label: str) -> dict:
     """The teacher's GLUE results; at small scale cached beside the cached teacher, per task list and grid, so
     every recipe on the same teacher shares one fine-tuning of it."""
-    key = hashlib.sha256(json.dumps([sorted(s.tasks), asdict(s.grid), s.glue_dir]).encode()).hexdigest()[:12]
+    glue = str(Path(s.glue_dir).resolve()) if s.glue_dir else None
+    key = hashlib.sha256(json.dumps([sorted(s.tasks), asdict(s.grid), glue]).encode()).hexdigest()[:12]
     where = Path(teacher).parent / f"glue-{key}" if s.scale == "small" else out
     return evaluate_on_glue(teacher, s, where, label)
 

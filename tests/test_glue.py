@@ -148,17 +148,18 @@ def test_grid_resumes_without_redoing_finished_runs(tiny_model, tiny_glue, tmp_p
     saved = json.loads((out / "results.json").read_text())
     assert saved["provenance"]["commit"] and saved["tasks"]["rte"]["chosen"] == rte["chosen"]
     table = (out / "results.md").read_text()
-    assert "RTE acc" in table and f"{rte['metrics']['accuracy']['median']:.1f}" in table
+    assert "RTE acc" in table and f"{rte['metrics']['accuracy']['mean']:.1f}" in table
 
 
 def test_markdown_table_with_reference_rows():
-    result = {"label": "ours", "glue_macro": 70.0, "tasks": {"mrpc": {"metrics": {
-        "f1": {"median": 85.0, "std": 1.2}, "accuracy": {"median": 80.0, "std": 0.0}}}}}
+    result = {"label": "ours", "glue_macro": 70.0, "tasks": {"mrpc": {"n_runs": 3, "combined": {"mean": 82.5},
+                                                                   "metrics": {"f1": {"mean": 85.0, "std": 1.2},
+                                                                               "accuracy": {"mean": 80.0, "std": 0.0}}}}}
     table = markdown_table([result], [{"label": "DistilBERT (paper, quoted)", "scores": {"mrpc": {"f1": 87.5},
                                                                                           "cola": {"mcc": 51.3}}}])
     lines = table.splitlines()
     assert lines[0] == "| model | CoLA MCC | MRPC F1 | MRPC acc | macro |"
-    assert lines[2] == "| ours | – | 85.0 ± 1.2 | 80.0 | 70.0 |"
+    assert lines[2] == "| ours | – | 85.0 ± 1.2 | 80.0 ± 0.0 | 82.5 |"  # means over 3 seeds; macro of the means
     assert lines[3] == "| DistilBERT (paper, quoted) | 51.3 | 87.5 | – | – |"
 
 
@@ -225,7 +226,7 @@ def test_merge_results_makes_one_table(tmp_path):
     paths = []
     for label, acc in (("teacher", 70.0), ("student", 65.0)):
         result = {"label": label, "glue_macro": acc,
-                  "tasks": {"rte": {"metrics": {"accuracy": {"median": acc, "std": 0.0}}}}}
+                  "tasks": {"rte": {"combined": {"mean": acc}, "metrics": {"accuracy": {"mean": acc, "std": 0.0}}}}}
         (tmp_path / f"{label}.json").write_text(json.dumps(result))
         paths.append(tmp_path / f"{label}.json")
     lines = merge_results(paths).splitlines()

@@ -35,7 +35,8 @@ def markdown_table(results: list[dict], references: list[dict] | None = None) ->
                 cells.append("failed")
                 continue
             s = metrics[m]
-            cells.append(f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] else ""))
+            seeds = r["tasks"][t].get("n_runs", 1) - r["tasks"][t].get("n_failed", 0)
+            cells.append(f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] or seeds > 1 else ""))
         macro = macro_of_means(r)
         lines.append(f"| {r['label']} | " + " | ".join(cells) + (f" | {macro:.1f} |" if macro is not None else " | – |"))
     for ref in references:

@@ -13,6 +13,19 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 
+def timed_in_turns(work: dict, passes: int) -> dict:
+    """{key: [seconds of each pass]}: every pass calls each `work[key]()` once, in turns, after one warm-up call."""
+    for run in work.values():  # first calls allocate and pick kernels
+        run()
+    times: dict = {key: [] for key in work}
+    for _ in range(passes):
+        for key, run in work.items():
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
 @torch.inference_mode()
 def interleaved_latency(paths: dict[str, str], pairs: list[tuple[str, str | None]], passes: int = 5) -> dict[str, dict]:
     """{label: params_m, seconds (median pass), ms_per_pair, passes (s), speedup (first model's pass time /
@@ -22,16 +35,9 @@ def interleaved_latency(paths: dict[str, str], pairs: list[tuple[str, str | None
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         encoded = [tokenizer(a, b, return_tensors="pt", truncation=True, max_length=128) for a, b in pairs]
-        for batch in encoded[:5]:  # warm-up
-            model(**batch)
         models[label] = (model, encoded)
-    times: dict[str, list[float]] = {label: [] for label in models}
-    for _ in range(passes):
-        for label, (model, encoded) in models.items():
-            t0 = time.perf_counter()
-            for batch in encoded:
-                model(**batch)
-            times[label].append(time.perf_counter() - t0)
+    times = timed_in_turns({label: lambda m=model, e=encoded: [m(**batch) for batch in e]
+                            for label, (model, encoded) in models.items()}, passes)
     first = next(iter(times.values()))
     out = {}
     for label, (model, encoded) in models.items():

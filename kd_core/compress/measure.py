@@ -4,19 +4,12 @@ machine slows them alike; each figure is the median over passes."""
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 from torch import nn
 
 from ..heads import encoder_inputs
-
-
-def _seconds(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
-    t0 = time.perf_counter()
-    for batch in batches:
-        model(**encoder_inputs(batch, model))
-    return time.perf_counter() - t0
+from ..latency import timed_in_turns
 
 
 @torch.inference_mode()
@@ -26,13 +19,13 @@ def interleaved_speed(models: dict[str, nn.Module], tokenizer, texts: list[str],
     singles = [tokenizer(t, return_tensors="pt", truncation=True, max_length=max_len) for t in texts]
     batches = [tokenizer(texts[i:i + batch_size], return_tensors="pt", truncation=True, max_length=max_len,
                          padding=True) for i in range(0, len(texts), batch_size)]
-    times: dict[str, dict[str, list[float]]] = {label: {"single": [], "batch": []} for label in models}
-    for model in models.values():  # warm-up: first calls allocate and pick kernels
+
+    def run(model: nn.Module, inputs: list[dict[str, torch.Tensor]]):
+        return lambda: [model(**encoder_inputs(batch, model)) for batch in inputs]
+
+    for model in models.values():
         model.eval()
-        _seconds(model, singles[:3] + batches[:1])
-    for _ in range(passes):
-        for label, model in models.items():
-            times[label]["single"].append(_seconds(model, singles))
-            times[label]["batch"].append(_seconds(model, batches))
-    return {label: {"latency_ms": 1000 * statistics.median(t["single"]) / len(singles),
-                    "throughput": len(texts) / statistics.median(t["batch"])} for label, t in times.items()}
+    times = timed_in_turns({(label, kind): run(model, inputs) for label, model in models.items()
+                            for kind, inputs in (("single", singles), ("batch", batches))}, passes)
+    return {label: {"latency_ms": 1000 * statistics.median(times[label, "single"]) / len(singles),
+                    "throughput": len(texts) / statistics.median(times[label, "batch"])} for label in models}

@@ -123,7 +123,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else
         f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
-        "shapes": vars(args) | {"tokens_per_step": tokens},
+        "shapes": vars(args) | {"results": portable(args.results), "tokens_per_step": tokens},
         "steps_timed": args.steps, "rows": table}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1))

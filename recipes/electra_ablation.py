@@ -18,6 +18,7 @@ smoke: the tiny ELECTRA, two points.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -30,6 +31,7 @@ from scales import ROOT, recipe_parser, setup_from_args
 from electra_kd.ablate import AblationConfig, ablate
 from kd_core.files import atomic_write_text
 from kd_core.config import load_config
+from kd_core.glue.grid import portable, portable_paths
 from kd_core.cli import script_exit
 
 GRIDS = {"smoke": ("0,1", "1", "1"), "small": ("0,1,2", "0,1,2", "1"), "paper": (None, None, None)}
@@ -73,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         None if s.scale == "smoke" else ROOT / "results" / "electra_ablation")
     if results:
         results.mkdir(parents=True, exist_ok=True)
-        for name in ("ablation.md", "ablation.json", "heatmap.png"):
-            shutil.copyfile(out / "points" / name, results / f".{name}.tmp")
-            (results / f".{name}.tmp").replace(results / name)
+        shutil.copyfile(out / "points" / "heatmap.png", results / ".heatmap.png.tmp")
+        (results / ".heatmap.png.tmp").replace(results / "heatmap.png")
+        saved = json.loads((out / "points" / "ablation.json").read_text())
+        atomic_write_text(results / "ablation.json", json.dumps(portable_paths(saved), indent=1))
         table = (out / "points" / "ablation.md").read_text()
         atomic_write_text(results / "ablation.md", table + f"\nSetup: {budget_text}; fine-tuned on {', '.join(s.tasks)}; "
                           f"teachers, text and fine-tuning otherwise as the scale says ({s.description}). All "
-                          f"overrides, in order (later ones win): {' '.join(overrides)}.\n\nCommand: `{command}`; "
+                          f"overrides, in order (later ones win): {portable(' '.join(overrides))}.\n\n"
+                          f"Command: `{portable(command)}`; "
                           f"wall time {time.perf_counter() - t0:.0f} s; commit, hardware and date in ablation.json's "
                           "provenance.\n")
     print((out / "points" / "ablation.md").read_text())

@@ -35,7 +35,7 @@ from kd_core.files import atomic_write_text
 from kd_core.config import load_config
 from kd_core.glue.compare import has_predictions, macro_difference, pool_seeds
 from kd_core.glue.finetune import FinetuneConfig
-from kd_core.glue.grid import GridConfig, portable, provenance, run_grid
+from kd_core.glue.grid import GridConfig, portable_paths, provenance, run_grid
 from kd_core.glue.report import markdown_table
 from kd_core.glue.tasks import get_task
 from kd_core.plot import loss_curves
@@ -258,21 +258,9 @@ def write_table(args: argparse.Namespace, name: str, title: str, results: list[d
     if runs:
         loss_curves([d for d, _ in runs], path.with_suffix(".png"), [label for _, label in runs])
     atomic_write_text(path, text)
-    atomic_write_text(path.with_suffix(".json"), json.dumps({"results": [portable_result(r) for r in results],
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"results": [portable_paths(r) for r in results],
                                                              "references": references, "provenance": prov}, indent=1))
     return text
-
-
-def portable_result(result: dict) -> dict:
-    """A row for a committed file: model paths without this machine's prefix, and without the per-example dev
-    predictions (they stay in each run's result.json, where kd_core.glue.compare reads them)."""
-    def slim(value):
-        if isinstance(value, dict):
-            return {k: slim(v) for k, v in value.items() if k != "dev_examples"}
-        if isinstance(value, list):
-            return [slim(v) for v in value]
-        return portable(value) if isinstance(value, str) and value.startswith("/") else value
-    return slim(result)
 
 
 def macro_over(scores: dict[str, dict], tasks: list[str], spread: bool = False) -> float:

@@ -197,6 +197,18 @@ def portable(command: str) -> str:
     return " ".join(one(token) for token in command.split(" "))
 
 
+def portable_paths(result):
+    """A results object for a committed file: model paths without this machine's prefix, and without the per-example dev
+    predictions (they stay in each run's result.json, where kd_core.glue.compare reads them)."""
+    def slim(value):
+        if isinstance(value, dict):
+            return {k: slim(v) for k, v in value.items() if k != "dev_examples"}
+        if isinstance(value, list):
+            return [slim(v) for v in value]
+        return portable(value) if isinstance(value, str) and value.startswith("/") else value
+    return slim(result)
+
+
 def provenance(command: str) -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     try:

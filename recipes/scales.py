@@ -13,7 +13,7 @@ smoke: a tiny random 6-layer BERT and ELECTRA, a generated corpus and a generate
        seconds, for the tests.
 Each recipe states its layer lists for 12-layer (paper) and 6-layer (small, smoke) teachers, and the control
 rows that give its comparisons meaning (truncated, not distilled; teacherless; random init), which it
-reports as paired-bootstrap differences with 95% intervals (`comparison_table`).
+reports as paired-bootstrap differences with 95% intervals (`kd_core.glue.compare.claims_table`).
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ and TensorBoard hparams under tb/ so the runs compare side by side.
 With `controls` (default), two rows give the grid its meaning: the teacherless point b1=b2=b3=0 (the student's own
 RTD loss on the frozen generator's replacements, same steps) and the student truncated from the teacher and not
 distilled; every grid point is compared with both by a paired bootstrap over dev examples (seeds combined).
+The points in `seeded_points` (the full loss and the teacherless point by default) are distilled `distill_seeds`
+times (train.seed, +1, ...; seed k > 0 in <point>_seed<k>) and their fine-tuning runs pooled into one row.
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_core.config import load_config, to_dict
+from kd_core.config import load_config, out_of_range, to_dict
 from kd_core.files import atomic_write_text
-from kd_core.glue.compare import claims_table
+from kd_core.glue.compare import claims_table, pool_seeds
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.tasks import get_task
@@ -52,6 +54,12 @@ class AblationConfig:
     b3: list[float] = field(default_factory=lambda: [0.0, 1.0])
     glue: GlueSettings = field(default_factory=GlueSettings)
     controls: bool = True  # also run the teacherless point (0, 0, 0) and the truncated student, and compare
+    distill_seeds: int = 1  # distillation seeds of each point in seeded_points (every other point: one)
+    seeded_points: list[list[float]] = field(default_factory=lambda: [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+
+    def problems(self) -> list[str]:
+        return out_of_range([(not self.distill_seeds >= 1, f"distill_seeds={self.distill_seeds}: give 1 or more")] +
+                            [(len(b) != 3, f"seeded_points: {b} is not a (b1, b2, b3) triple") for b in self.seeded_points])
 
 
 def point_name(b1: float, b2: float, b3: float) -> str:
@@ -66,7 +74,8 @@ def score_of(results: dict) -> float:
 
 
 def score_std(results: dict) -> float | None:
-    """Standard deviation over fine-tuning seeds of the per-seed mean primary metric (None: one seed or a failure)."""
+    """Standard deviation over runs (fine-tuning seeds, x distillation seeds when pooled) of the per-run mean primary
+    metric (None: one run or a failure)."""
     per_task = []
     for t in results["tasks"].values():
         if t.get("status") == "failed":
@@ -91,22 +100,36 @@ def summary(glue: dict, run_dir: Path) -> dict:
             "glue": {name: {m: s["mean"] for m, s in (t["metrics"] or {}).items()} for name, t in glue["tasks"].items()}}
 
 
+def seeds_of_point(cfg: AblationConfig, b: tuple[float, float, float]) -> int:
+    return cfg.distill_seeds if list(b) in cfg.seeded_points else 1
+
+
 def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log=print) -> tuple[dict, dict]:
-    """(the point's row, its GLUE results)."""
-    run_dir = out / point_name(*b)
-    run_cfg = load_config(ElectraRunConfig, base=to_dict(cfg.base),
-                          overrides=[f"loss.b1={b[0]}", f"loss.b2={b[1]}", f"loss.b3={b[2]}"])
-    if not (run_dir / "final" / "config.json").is_file():
-        log(f"== {point_name(*b)}: distillation")
-        run(run_cfg, str(run_dir), resume=True)
-    else:
-        log(f"== {point_name(*b)}: distilled before, skipped")
-    glue = run_glue(cfg, run_dir / "final", run_dir / "glue", point_name(*b))
-    train = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss/total" in r]
-    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/rtd" in r]
-    return {"b1": b[0], "b2": b[1], "b3": b[2], **summary(glue, run_dir),
-            "final_train_losses": {k: v for k, v in train[-1].items() if k.startswith("loss/")} if train else {},
-            "final_eval_rtd": evals[-1]["eval/loss/rtd"] if evals else None}, glue
+    """(the point's row, its GLUE results): one distillation run per seed, their fine-tuning runs pooled; the
+    final losses are means over the distillation seeds."""
+    name = point_name(*b)
+    seeds = seeds_of_point(cfg, b)
+    run_dirs = [out / name] + [out / f"{name}_seed{k}" for k in range(1, seeds)]
+    glues, finals, evals = [], [], []
+    for k, run_dir in enumerate(run_dirs):
+        run_cfg = load_config(ElectraRunConfig, base=to_dict(cfg.base), overrides=[
+            f"loss.b1={b[0]}", f"loss.b2={b[1]}", f"loss.b3={b[2]}", f"train.seed={cfg.base.train.seed + k}"])
+        what = f"{name} (distillation seed {run_cfg.train.seed})"
+        if not (run_dir / "final" / "config.json").is_file():
+            log(f"== {what}: distillation")
+            run(run_cfg, str(run_dir), resume=True)
+        else:
+            log(f"== {what}: distilled before, skipped")
+        glues.append(run_glue(cfg, run_dir / "final", run_dir / "glue", name))
+        records = read_metrics(run_dir / "metrics.jsonl")
+        finals += [r for r in records if "loss/total" in r][-1:]
+        evals += [r["eval/loss/rtd"] for r in records if "eval/loss/rtd" in r][-1:]
+    glue = glues[0] if seeds == 1 else pool_seeds(glues, name)
+    losses = sorted({k for f in finals for k in f if k.startswith("loss/")})
+    return {"b1": b[0], "b2": b[1], "b3": b[2], **summary(glue, run_dirs[0]), "distill_seeds": seeds,
+            "run_dirs": [str(d) for d in run_dirs],
+            "final_train_losses": {k: statistics.fmean(f[k] for f in finals if k in f) for k in losses},
+            "final_eval_rtd": statistics.fmean(evals) if len(evals) == seeds else None}, glue
 
 
 def run_controls(cfg: AblationConfig, out: Path, log=print) -> tuple[dict, dict, dict, dict]:
@@ -139,30 +162,35 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
         points.append(point)
         glues.append(glue)
     tasks = ", ".join(cfg.glue.tasks)
-    metric_cols = sorted({(t, m) for p in points for t, ms in p["glue"].items() for m in ms})
-    lines = ["| b1 | b2 | b3 | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols)
-             + " | final train L_ce (RTD) | held-out L_ce (RTD) |", "|" + "---|" * (len(metric_cols) + 6)]
-    for p in points:
-        losses = [p["final_train_losses"].get("loss/rtd"), p["final_eval_rtd"]]
-        loss_text = " | ".join(f"{x:.4f}" if x is not None else "–" for x in losses)
-        lines.append(f"| {p['b1']:g} | {p['b2']:g} | {p['b3']:g} | {score_text(p)} | "
-                     + " | ".join(f"{p['glue'][t][m]:.2f}" if m in p["glue"][t] else "failed" for t, m in metric_cols)
-                     + f" | {loss_text} |")
-    text = f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks}, mean ± std over {cfg.glue.seeds} " \
-           f"fine-tuning seeds)\n\n" + "\n".join(lines) + "\n"
     controls = {}
     title = f"GLUE dev score ({tasks}) over b1 x b2 x b3"
+    claims_text = ""
     if cfg.controls:
         teacherless, teacherless_glue, truncated, truncated_glue = run_controls(cfg, out, log)
         controls = {"teacherless": teacherless, "truncated": truncated}
         claims = [(glue, control) for control in (teacherless_glue, truncated_glue) for glue in glues
                   if glue["model"] != control["model"]]
-        text += (f"\nControls (same student, steps, data and fine-tuning): teacherless b1=b2=b3=0 (own RTD loss only) "
-                 f"{score_text(teacherless)}; truncated from the teacher, not distilled {score_text(truncated)}.\n\n"
-                 "Each point against the controls (paired bootstrap over dev examples, seeds combined, 2,000 replicates; "
-                 "significant only when the 95% interval excludes 0):\n\n"
-                 + "\n".join(claims_table(claims + [(teacherless_glue, truncated_glue)], cfg.glue.tasks)) + "\n")
+        claims_text = ("\nControl rows (same student, steps, data and fine-tuning): teacherless = b1=b2=b3=0, the "
+                       "student's own RTD loss only; truncated = the same teacher layers, not distilled.\n\n"
+                       "Each point against the controls (paired bootstrap over dev examples, seeds combined, 2,000 "
+                       "replicates; significant only when the 95% interval excludes 0):\n\n"
+                       + "\n".join(claims_table(claims + [(teacherless_glue, truncated_glue)], cfg.glue.tasks)) + "\n")
         title += f"\ntruncated, not distilled: {score_text(truncated)}; teacherless = the (0, 0, 0) point"
+    rows = points + ([{**controls["teacherless"], "control": "teacherless"}] if controls else []) \
+        + ([{**controls["truncated"], "control": "truncated, not distilled"}] if controls else [])
+    metric_cols = sorted({(t, m) for p in rows for t, ms in p["glue"].items() for m in ms})
+    lines = ["| b1 | b2 | b3 | runs | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols)
+             + " | final train L_ce (RTD) | held-out L_ce (RTD) |", "|" + "---|" * (len(metric_cols) + 7)]
+    for p in rows:
+        losses = [p.get("final_train_losses", {}).get("loss/rtd"), p.get("final_eval_rtd")]
+        loss_text = " | ".join(f"{x:.4f}" if x is not None else "–" for x in losses)
+        bs = f"{p['b1']:g} | {p['b2']:g} | {p['b3']:g}" if "b1" in p else "– | – | –"
+        runs = f"{p.get('distill_seeds', 0)} x {cfg.glue.seeds}" if "b1" in p else f"{cfg.glue.seeds}"
+        lines.append(f"| {bs} | {runs} | {score_text(p)}{' (' + p['control'] + ')' if 'control' in p else ''} | "
+                     + " | ".join(f"{p['glue'][t][m]:.2f}" if m in p["glue"][t] else "failed" for t, m in metric_cols)
+                     + f" | {loss_text} |")
+    text = (f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks}, mean ± std over the runs: "
+            "distillation seeds x fine-tuning seeds)\n\n" + "\n".join(lines) + "\n" + claims_text)
     atomic_write_text(out / "ablation.md", text)
     atomic_write_text(out / "ablation.json", json.dumps({"points": points, "controls": controls, "config": to_dict(cfg),
                                                          "provenance": provenance(command)}, indent=1))
@@ -172,4 +200,4 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
 
 
 def score_text(row: dict) -> str:
-    return f"{row['score']:.2f}" + (f" ± {row['score_std']:.2f}" if row["score_std"] else "")
+    return f"{row['score']:.2f}" + (f" ± {row['score_std']:.2f}" if row["score_std"] is not None else "")

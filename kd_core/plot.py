@@ -113,7 +113,7 @@ def heatmap_figure(points: list[dict], title: str):
                 if p is None:
                     continue
                 text = "failed" if not math.isfinite(p["score"]) else f"{p['score']:.1f}" + (
-                    f"\n± {p['score_std']:.1f}" if p.get("score_std") else "")
+                    f"\n± {p['score_std']:.1f}" if p.get("score_std") is not None else "")
                 dark = math.isfinite(p["score"]) and p["score"] < (lo + hi) / 2
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
         ax.set_xticks(range(len(b2s)), [f"{b:g}" for b in b2s])

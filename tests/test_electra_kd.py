@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,3 +248,42 @@ def test_ablation_grid_resumes_after_a_kill(electra_dir, tiny_corpus, tmp_path, 
     assert (out / "truncated" / "final" / "model.safetensors").is_file()
     assert (out / "heatmap.png").read_bytes().startswith(b"\x89PNG")
     assert len(list((out / "tb").iterdir())) == 4
+
+
+def test_ablation_pools_distillation_seeds_of_the_seeded_points(electra_dir, tiny_corpus, tmp_path, monkeypatch):
+    glue = _tiny_glue(tmp_path / "glue")
+    cfg = AblationConfig(base=_run_cfg(electra_dir, tiny_corpus, "train.max_steps=4", "train.seed=3"),
+                         b1=[0.0, 1.0], b2=[1.0], b3=[1.0], distill_seeds=2, seeded_points=[[1.0, 1.0, 1.0]])
+    cfg.glue.glue_dir, cfg.glue.finetune.epochs, cfg.glue.lrs, cfg.glue.batch_sizes = str(glue), 1.0, [1e-3], [16]
+    cfg.glue.seeds = 2
+    seeds = []
+    real_run = ablate_module.run
+
+    def recording_run(run_cfg, out_dir, resume=False):
+        seeds.append(((run_cfg.loss.b1, run_cfg.loss.b2), run_cfg.train.seed))
+        return real_run(run_cfg, out_dir, resume)
+
+    monkeypatch.setattr(ablate_module, "run", recording_run)
+    out = tmp_path / "ablation"
+    points = ablate(cfg, out)
+    # (1, 1, 1) distilled at seeds 3 and 4; (0, 1, 1) and the teacherless control once, at the base seed
+    assert seeds == [((0.0, 1.0), 3), ((1.0, 1.0), 3), ((1.0, 1.0), 4), ((0.0, 0.0), 3)]
+    full = points[1]
+    assert full["distill_seeds"] == 2 and [Path(d).name for d in full["run_dirs"]] == ["b1=1_b2=1_b3=1", "b1=1_b2=1_b3=1_seed1"]
+    per_seed = [json.loads((Path(d) / "glue" / "results.json").read_text())["tasks"]["rte"]["metrics"]["accuracy"]["mean"]
+                for d in full["run_dirs"]]
+    assert full["score"] == pytest.approx(sum(per_seed) / 2)  # 2 x 2 runs pooled, equal seeds per distillation run
+    evals = [[r["eval/loss/rtd"] for r in read_metrics(Path(d) / "metrics.jsonl") if "eval/loss/rtd" in r][-1]
+             for d in full["run_dirs"]]
+    assert full["final_eval_rtd"] == pytest.approx(sum(evals) / 2)
+    table = (out / "ablation.md").read_text()
+    assert "| 1 | 1 | 1 | 2 x 2 |" in table and "| 0 | 1 | 1 | 1 x 2 |" in table
+    assert "| b1=1_b2=1_b3=1 - b1=0_b2=0_b3=0 | 4, 2 |" in table  # pooled runs behind the claim
+    assert "(teacherless)" in table and "(truncated, not distilled)" in table
+
+
+def test_ablation_config_rejects_bad_seed_settings():
+    with pytest.raises(UserError, match="distill_seeds=0"):
+        load_config(AblationConfig, overrides=["distill_seeds=0"])
+    with pytest.raises(UserError, match=r"seeded_points: \[1.0, 1.0\]"):
+        load_config(AblationConfig, overrides=["seeded_points=[[1, 1]]"])

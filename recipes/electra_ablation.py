@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"base.data.corpus={s.corpus}", *("base." + o for o in s.student_train),
                  f"glue.tasks={s.tasks}", f"glue.lrs={s.grid.lrs}", f"glue.batch_sizes={s.grid.batch_sizes}",
                  f"glue.seeds={s.grid.seeds}", f"glue.finetune.epochs={s.grid.finetune.epochs}",
+                 f"glue.finetune.task_epochs={s.grid.finetune.task_epochs}",
                  f"glue.finetune.max_len={s.grid.finetune.max_len}",
                  f"glue.finetune.max_train_examples={s.grid.finetune.max_train_examples}",
                  f"distill_seeds={s.distill_seeds}"]

@@ -118,6 +118,19 @@ def test_stsb_is_regression(tiny_model, tiny_glue, tmp_path):
     assert -100 <= run["metrics"]["pearson"] <= 100
 
 
+def test_task_epochs_override_the_epochs_of_their_task_only(tiny_model, tiny_glue, tmp_path):
+    grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=1, task_epochs={"stsb": 2}))
+    results = run_grid(str(tiny_model), [get_task("rte"), get_task("stsb")], str(tiny_glue), grid, tmp_path / "out")
+    steps = {t: results["tasks"][t]["cells"]["lr0.001_bs16"]["runs"][0]["steps"] for t in ("rte", "stsb")}
+    assert steps == {"rte": 160 // 16, "stsb": 2 * (96 // 16)}
+    for bad, message in [({"sts-b": 3.0}, "task_epochs names 'sts-b', not a GLUE task"),
+                         ({"stsb": 0.0}, "task_epochs.stsb is 0.0, give a positive number")]:
+        grid.finetune.task_epochs = bad
+        with pytest.raises(UserError, match=message):
+            run_grid(str(tiny_model), [get_task("rte")], str(tiny_glue), grid, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 class Killed(Exception):
     """Stands for a kill: KeyboardInterrupt would stop pytest itself."""
 

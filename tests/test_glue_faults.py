@@ -155,6 +155,8 @@ BAD_INPUTS = [
     ("batch_over_train_set", ["--batch-sizes=128"], "fewer than one batch of 128"),
     ("epochs_zero", ["--epochs=0"], "--epochs"),
     ("epochs_negative", ["--epochs=-1"], "--epochs"),
+    ("task_epochs_malformed", ["--task-epochs", "rte"], "give task=epochs pairs, e.g. stsb=3,mrpc=2"),
+    ("task_epochs_unknown_task", ["--task-epochs", "sts-b=3"], "task_epochs names 'sts-b', not a GLUE task"),
     ("task_unknown", ["--tasks", "squad"], "cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli"),
     ("tasks_empty", ["--tasks", ","], "--tasks"),
     ("dev_header_only", ["--glue-dir", "{root}/header_only"], "dev.tsv: no examples"),
@@ -200,3 +202,33 @@ def test_bad_cli_input_is_one_error_line_and_exit_2(cli_runs, case, extra, fragm
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert fragment in lines[0]
+
+
+def test_a_reused_output_dir_with_other_settings_is_refused_not_silently_loaded(tiny_model, tmp_path, tiny_tokenizer):
+    """The real CLI: a finished run is reused only with the settings it was made with (epochs, model)."""
+    _write(tmp_path / "glue" / "RTE" / "train.tsv", "\n".join([RTE_HEADER, *_rte_rows(32)]) + "\n")
+    _write(tmp_path / "glue" / "RTE" / "dev.tsv", "\n".join([RTE_HEADER, *_rte_rows(8)]) + "\n")
+    other_model = tmp_path / "other_model"
+    tiny_bert_teacher(other_model, tiny_tokenizer, layers=1, seed=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out"
+
+    def glue(model, epochs) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kd_core.glue", "--model", str(model), "--tasks", "rte",
+                               "--glue-dir", str(tmp_path / "glue"), "--lrs", "1e-3", "--batch-sizes", "8", "--seeds",
+                               "1", "--epochs", str(epochs), "--max-len", "32", "--output-dir", str(out)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    assert glue(tiny_model, 1).returncode == 0
+    result = out / "rte" / "lr0.001_bs8" / "seed0" / "result.json"
+    before = result.read_bytes()
+    assert json.loads(before)["settings"]["finetune"]["epochs"] == 1.0
+    again = glue(tiny_model, 1)
+    assert again.returncode == 0 and "done before, loaded" in again.stdout
+    for model, epochs, difference in [(tiny_model, 2, "finetune.epochs: 1.0 then, 2.0 now"),
+                                      (other_model, 1, f"model: '{tiny_model.resolve()}' then, '{other_model.resolve()}' now")]:
+        proc = glue(model, epochs)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+        assert difference in lines[0] and "use a new --output-dir, or delete that file" in lines[0]
+        assert result.read_bytes() == before  # the finished run is untouched

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ..cli import exit_code_of
+from ..errors import UserError
 from .distill import TaskDistillConfig
 from .finetune import FinetuneConfig
 from .grid import GridConfig, run_grid
@@ -26,6 +27,15 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]  # empty: run_grid says what to give, in one line
 
 
+def task_epochs(text: str) -> dict[str, float]:
+    """'stsb=3,mrpc=2' -> {'stsb': 3.0, 'mrpc': 2.0}."""
+    pairs = [item.split("=") for item in text.split(",") if item]
+    try:
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:  # a pair without one '=' or a value that is not a number
+        raise UserError(f"--task-epochs '{text}': give task=epochs pairs, e.g. stsb=3,mrpc=2") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kd_core.glue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=ints, default=[16, 32])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--task-epochs", default="", help="per task, over --epochs: stsb=3,mrpc=2")
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -54,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         tasks = [get_task(t) for t in args.tasks.split(",") if t]
-        finetune = FinetuneConfig(epochs=args.epochs, max_len=args.max_len, warmup_ratio=args.warmup_ratio,
+        finetune = FinetuneConfig(epochs=args.epochs, task_epochs=task_epochs(args.task_epochs), max_len=args.max_len, warmup_ratio=args.warmup_ratio,
                                   weight_decay=args.weight_decay, layerwise_lr_decay=args.layerwise_lr_decay,
                                   max_train_examples=args.max_train_examples, mixed_precision=args.mixed_precision)
         distill = TaskDistillConfig(mode=args.distill, pred_loss=args.pred_loss, temperature=args.temperature,

@@ -41,6 +41,10 @@ class FinetuneConfig:
     eval_batch_size: int = 128
     save_model: bool = False  # keep the fine-tuned model in <run>/model (a teacher for task distillation)
     train: dict = field(default_factory=dict)  # any other TrainConfig key, e.g. {max_grad_norm: 1.0}
+    task_epochs: dict[str, float] = field(default_factory=dict)  # per task, over `epochs`: {stsb: 3} (regression starts slower)
+
+    def epochs_for(self, task: str) -> float:
+        return self.task_epochs.get(task, self.epochs)
 
 
 class EncodedRows(list):
@@ -174,7 +178,7 @@ def train_and_evaluate(objective: Objective, tokenizer, task: Task, train_rows,
                        cfg: FinetuneConfig, seed: int, output_dir: str | Path, epochs: float | None = None) -> dict:
     """Train `objective` on the task's rows through the engine; returns the train summary and steps."""
     collate = make_collate(tokenizer.pad_token_id, task.is_regression)
-    tcfg = train_config(FinetuneConfig(**{**cfg.__dict__, "epochs": epochs or cfg.epochs}), len(train_rows), seed)
+    tcfg = train_config(FinetuneConfig(**{**cfg.__dict__, "epochs": epochs or cfg.epochs_for(task.name)}), len(train_rows), seed)
     engine = Engine(tcfg, objective, train_rows, collate, output_dir, tcfg, tokenizer=tokenizer)
     summary = engine.fit()
     return {"summary": summary, "steps": tcfg.max_steps, "device": engine.accelerator.device}

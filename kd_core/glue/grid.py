@@ -6,7 +6,9 @@ best median primary metric over seeds; its every metric is reported per seed, wi
 standard deviation, min and max.
 
 A run that diverges (non-finite training loss, predictions or dev score) is recorded as failed in its
-result.json, so a rerun loads it rather than retrying it forever (delete the file to retry). A cell's
+result.json, so a rerun loads it rather than retrying it forever (delete the file to retry). Each result.json
+records the settings that produced it (model, GLUE folder, fine-tuning config, task teacher); loading one made with
+other settings is an error naming the difference, never a silent reuse. A cell's
 metrics are over its finite seeds, with n_failed; in selection a failed seed counts as the worst
 score, so an unstable cell cannot win on its lucky seeds. A cell with no finite seed is never chosen;
 a task with no such cell is reported as failed, without a score, and the GLUE macro is not computed.
@@ -23,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..config import flatten
 from ..files import atomic_write_text
 from ..engine import NonFiniteLossError
 from ..errors import UserError, one_line
@@ -30,7 +33,7 @@ from .distill import TaskDistillConfig, distill_and_evaluate
 from .finetune import FinetuneConfig, check_model, check_positions, finetune_and_evaluate, load_examples
 from .metrics import DivergedError, glue_macro
 from .report import failure_note, markdown_table
-from .tasks import Task
+from .tasks import TASKS, Task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,6 +63,11 @@ def check_grid(grid: GridConfig) -> None:
         problems.append(f"batch sizes {grid.batch_sizes} must be one or more positive integers (--batch-sizes 16,32)")
     if not (math.isfinite(grid.finetune.epochs) and grid.finetune.epochs > 0):
         problems.append(f"epochs is {grid.finetune.epochs}, give a positive number (--epochs)")
+    for task, epochs in grid.finetune.task_epochs.items():
+        if task not in TASKS:
+            problems.append(f"task_epochs names '{task}', not a GLUE task ({', '.join(TASKS)})")
+        if not (math.isfinite(epochs) and epochs > 0):
+            problems.append(f"task_epochs.{task} is {epochs}, give a positive number")
     if grid.finetune.max_len < 1:
         problems.append(f"max_len is {grid.finetune.max_len}, give a positive number (--max-len)")
     if grid.finetune.max_train_examples < 0:
@@ -154,22 +162,44 @@ def describe(result: dict) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) + f" ({result['wall_s']} s)"
 
 
+def run_settings(model: str, task: Task, glue_dir: str | None, grid: GridConfig, cfg: FinetuneConfig) -> dict:
+    """What a finished run's result depends on, as JSON would store it (local paths resolved)."""
+    def where(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+    teacher = {"teacher": where(teacher_for(grid.teacher, task)), "distill": asdict(grid.distill)} if grid.teacher else {}
+    return json.loads(json.dumps({"model": where(model), "glue_dir": where(glue_dir), "finetune": asdict(cfg), **teacher}))
+
+
+def check_same_settings(done: Path, saved: dict, settings: dict) -> None:
+    """A finished run is reused only if it was made with these settings (older results without them: as before)."""
+    if "settings" not in saved:
+        return
+    old, new = flatten(saved["settings"]), flatten(settings)
+    changed = [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if changed:
+        raise UserError(f"{done} was made with other settings ({'; '.join(changed)}); use a new --output-dir, or "
+                        "delete that file to train the run again")
+
+
 def run_task_grid(model: str, task: Task, glue_dir: str | None, grid: GridConfig, output_dir: Path,
                   cache: dict, log=print) -> dict:
     cells = {}
     for lr in grid.lrs:
         for bs in grid.batch_sizes:
             runs = []
+            cfg = FinetuneConfig(**{**asdict(grid.finetune), "lr": lr, "batch_size": bs})
+            settings = run_settings(model, task, glue_dir, grid, cfg)
             for seed in range(grid.seeds):
                 run_dir = output_dir / task.name / cell_name(lr, bs) / f"seed{seed}"
                 done = run_dir / "result.json"
                 if done.is_file():
                     runs.append(json.loads(done.read_text()))
+                    check_same_settings(done, runs[-1], settings)
                     log(f"{task.name} {cell_name(lr, bs)} seed {seed}: done before, loaded"
                         + (" (diverged; delete its result.json to retry)" if failed(runs[-1]) else ""))
                     continue
-                cfg = FinetuneConfig(**{**asdict(grid.finetune), "lr": lr, "batch_size": bs})
-                result = run_one(model, task, glue_dir, grid, cfg, seed, run_dir, cache)
+                result = {**run_one(model, task, glue_dir, grid, cfg, seed, run_dir, cache), "settings": settings}
                 atomic_write_text(done, json.dumps(result, indent=1))
                 log(f"{task.name} {cell_name(lr, bs)} seed {seed}: {describe(result)}")
                 runs.append(result)

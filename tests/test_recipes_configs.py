@@ -87,6 +87,7 @@ def test_quickstart_main_job_smoke(tmp_path, monkeypatch):
                 "ELECTRA student, distilled (3 layers)"):
         assert f"| {row} |" in table
     assert "| BERT distilled (mean ± std, seeds) | BERT truncated" in table and table.count("| sst2 | accuracy |") == 2
+    assert table.count("| 2 x 1 |") == 2  # each student: 2 distillation seeds x 1 fine-tuning seed (smoke), pooled
     assert "tensorboard --logdir" in table
     assert "median of 2 interleaved passes" in table and "speed-up vs teacher" in table
     assert (tmp_path / "qs" / "quickstart.png").read_bytes().startswith(b"\x89PNG")

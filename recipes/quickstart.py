@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SEEDS = 3  # fine-tuning seeds per model (smoke: 1)
 DISTILL_SEEDS = 2  # distillation seeds per student (train.seed 0, 1), their fine-tuning runs pooled into one row
-TRAIN_EXAMPLES = 2000  # fine-tuning subset: 3 seeds x 8 fine-tuned models inside the 30-minute budget on 2 cores (3000: 31 min)
+TRAIN_EXAMPLES = 2000  # fine-tuning subset: 3 seeds x 8 fine-tuned models inside 30 minutes on 2 cores (3000: ~31 min)
 
 from bert_kd.distill import DistilConfig, run as run_bert_kd
 from kd_core.latency import interleaved_latency

@@ -176,8 +176,9 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
                        "replicates; significant only when the 95% interval excludes 0):\n\n"
                        + "\n".join(claims_table(claims + [(teacherless_glue, truncated_glue)], cfg.glue.tasks)) + "\n")
         title += f"\ntruncated, not distilled: {score_text(truncated)}; teacherless = the (0, 0, 0) point"
-    rows = points + ([{**controls["teacherless"], "control": "teacherless"}] if controls else []) \
-        + ([{**controls["truncated"], "control": "truncated, not distilled"}] if controls else [])
+    control_rows = [{**controls["teacherless"], "control": "teacherless"},
+                    {**controls["truncated"], "control": "truncated, not distilled"}] if controls else []
+    rows = points + control_rows
     metric_cols = sorted({(t, m) for p in rows for t, ms in p["glue"].items() for m in ms})
     lines = ["| b1 | b2 | b3 | runs | score | " + " | ".join(f"{t} {m}" for t, m in metric_cols)
              + " | final train L_ce (RTD) | held-out L_ce (RTD) |", "|" + "---|" * (len(metric_cols) + 7)]
@@ -185,7 +186,7 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
         losses = [p.get("final_train_losses", {}).get("loss/rtd"), p.get("final_eval_rtd")]
         loss_text = " | ".join(f"{x:.4f}" if x is not None else "–" for x in losses)
         bs = f"{p['b1']:g} | {p['b2']:g} | {p['b3']:g}" if "b1" in p else "– | – | –"
-        runs = f"{p.get('distill_seeds', 0)} x {cfg.glue.seeds}" if "b1" in p else f"{cfg.glue.seeds}"
+        runs = f"{p['distill_seeds']} x {cfg.glue.seeds}" if "b1" in p else f"{cfg.glue.seeds}"
         lines.append(f"| {bs} | {runs} | {score_text(p)}{' (' + p['control'] + ')' if 'control' in p else ''} | "
                      + " | ".join(f"{p['glue'][t][m]:.2f}" if m in p["glue"][t] else "failed" for t, m in metric_cols)
                      + f" | {loss_text} |")

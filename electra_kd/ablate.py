@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kd_core.config import load_config, out_of_range, to_dict
 from kd_core.files import atomic_write_text
-from kd_core.glue.compare import claims_table, pool_seeds
+from kd_core.glue.compare import claims_table, pool_seeds, seed_run_dirs
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, provenance, run_grid
 from kd_core.glue.tasks import get_task
@@ -109,7 +109,7 @@ def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log
     final losses are means over the distillation seeds."""
     name = point_name(*b)
     seeds = seeds_of_point(cfg, b)
-    run_dirs = [out / name] + [out / f"{name}_seed{k}" for k in range(1, seeds)]
+    run_dirs = seed_run_dirs(out / name, seeds)
     glues, finals, evals = [], [], []
     for k, run_dir in enumerate(run_dirs):
         run_cfg = load_config(ElectraRunConfig, base=to_dict(cfg.base), overrides=[

@@ -34,7 +34,7 @@ from kd_core.latency import interleaved_latency
 from electra_kd.distill import ElectraRunConfig, run as run_electra_kd
 from kd_core.assets import fetch_vader
 from kd_core.files import atomic_write_text
-from kd_core.glue.compare import compare_results, markdown, pool_seeds
+from kd_core.glue.compare import compare_results, markdown, pool_seeds, seed_run_dirs
 from kd_core.student import StudentConfig, save_untrained_student
 from transformers import AutoModelForMaskedLM, ElectraForPreTraining
 from kd_core.plot import loss_curves
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     students = {"BERT": (run_bert_kd, DistilConfig, [f"teacher={mlm_teacher / 'final'}", "loss.restrict_ce_to_mask=true"]),
                 "ELECTRA": (run_electra_kd, ElectraRunConfig, [f"teacher={electra_teacher / 'final'}",
                                                                f"generator.path={electra_teacher / 'generator'}"])}
-    student_dirs = {family: [out / f"{family.lower()}_student{f'_seed{k}' if k else ''}" for k in range(DISTILL_SEEDS)]
-                    for family in students}
+    student_dirs = {family: seed_run_dirs(out / f"{family.lower()}_student", DISTILL_SEEDS) for family in students}
     for family, (run, config_cls, own) in students.items():
         for seed, run_dir in enumerate(student_dirs[family]):
             timed(f"{family} student distillation seed {seed}", lambda: run(load_config(config_cls, overrides=[

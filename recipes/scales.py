@@ -33,7 +33,7 @@ ROOT = HERE.parent
 
 from kd_core.files import atomic_write_text
 from kd_core.config import load_config
-from kd_core.glue.compare import has_predictions, macro_difference, pool_seeds
+from kd_core.glue.compare import has_predictions, macro_difference, pool_seeds, seed_run_dirs
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, portable_paths, provenance, run_grid
 from kd_core.glue.report import markdown_table
@@ -186,7 +186,7 @@ def distilled_row(config_cls, run, cfg_file: str | Path | None, overrides: list[
                   label: str, seeds: int = 1, dry_run: bool = False) -> dict | None:
     """A distilled row: `seeds` distillation runs (train.seed 0.. ; seed k > 0 in <run_dir>_seed<k>), each
     fine-tuned with the scale's seeds; several are pooled into one row (distillation x fine-tuning seeds)."""
-    dirs = [run_dir] + [run_dir.with_name(f"{run_dir.name}_seed{k}") for k in range(1, seeds)]
+    dirs = seed_run_dirs(run_dir, seeds)
     for k, directory in enumerate(dirs):
         distil_once(config_cls, run, cfg_file, [*overrides, f"train.seed={k}"] if k else overrides, directory, dry_run)
     if dry_run:

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         tasks = [get_task(t) for t in args.tasks.split(",") if t]
-        finetune = FinetuneConfig(epochs=args.epochs, task_epochs=task_epochs(args.task_epochs), max_len=args.max_len, warmup_ratio=args.warmup_ratio,
+        finetune = FinetuneConfig(epochs=args.epochs, task_epochs=task_epochs(args.task_epochs), max_len=args.max_len,
+                                  warmup_ratio=args.warmup_ratio,
                                   weight_decay=args.weight_decay, layerwise_lr_decay=args.layerwise_lr_decay,
                                   max_train_examples=args.max_train_examples, mixed_precision=args.mixed_precision)
         distill = TaskDistillConfig(mode=args.distill, pred_loss=args.pred_loss, temperature=args.temperature,

@@ -177,6 +177,11 @@ def compare_results(a: dict, b: dict, replicates: int = 2000, seed: int = 0) -> 
     return rows
 
 
+def seed_run_dirs(run_dir: Path, seeds: int) -> list[Path]:
+    """The run directories of `seeds` distillation seeds of one row: run_dir, then <run_dir>_seed1, ..."""
+    return [run_dir] + [run_dir.with_name(f"{run_dir.name}_seed{k}") for k in range(1, seeds)]
+
+
 def pool_seeds(results: list[dict], label: str) -> dict:
     """One model's row from runs of the same recipe with different distillation seeds: per task, the runs of
     each result's chosen cell pooled (distillation seeds x fine-tuning seeds), summarised as one cell."""

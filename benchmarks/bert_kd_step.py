@@ -26,7 +26,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from bert_kd.objective import DistillationObjective, DistilLossConfig
-from kd_core.glue.grid import portable
+from kd_core.provenance import portable
 from common import make_mlm_batch
 from kd_core.config import load_config
 from kd_core.engine import Engine, TrainConfig

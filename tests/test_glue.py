@@ -222,13 +222,13 @@ def test_task_distillation_terms_match_references(tmp_path, tiny_tokenizer):
     for name, value in same(batch).items():
         if name != "hard":
             assert value.item() == pytest.approx(0.0, abs=1e-6), name
-    from kd_core.glue.distill import check_task_teacher
+    from kd_core.glue.distill import check_fine_tuned
 
     with pytest.raises(UserError, match="needs 1"):
-        check_task_teacher(str(tmp_path / "t"), get_task("stsb"))
+        check_fine_tuned(str(tmp_path / "t"), get_task("stsb"))
     tiny_bert_teacher(tmp_path / "mlm", tiny_tokenizer, layers=1)  # an MLM checkpoint: no task head
     with pytest.raises(UserError, match="is not fine-tuned on a task"):
-        check_task_teacher(str(tmp_path / "mlm"), get_task("rte"))
+        check_fine_tuned(str(tmp_path / "mlm"), get_task("rte"))
 
 
 def test_two_stage_distillation_through_the_grid(tiny_glue, tmp_path, tiny_tokenizer):

@@ -124,3 +124,15 @@ def test_task_distillation_nonsense_is_one_error_line(setup, tmp_path, capsys, e
     err = capsys.readouterr().err.strip().splitlines()
     assert len([line for line in err if line.startswith("error:")]) == 1 and expected in err[-1]
     assert not (out / "rte").exists()  # refused before any run
+
+
+def test_quantize_refuses_to_score_a_model_that_is_not_fine_tuned(setup, tmp_path, capsys):
+    """It used to report a random head's dev accuracy ("0.361") as the model's."""
+    from kd_core.compress.__main__ import main as compress_main
+
+    root, glue, _, _ = setup
+    assert compress_main(["quantize", "--model", str(root / "teacher_base"), "--output", str(tmp_path / "q"),
+                          "--task", "rte", "--glue-dir", str(glue)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model" in err[0] and "is not fine-tuned on a task" in err[0]
+    assert not (tmp_path / "q").exists()

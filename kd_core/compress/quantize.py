@@ -87,6 +87,11 @@ def dev_scores(model: nn.Module, tokenizer, task_name: str, glue_dir: str | None
 
 def run_quantize(cfg: QuantizeConfig) -> dict:
     """Quantize `cfg.model` into `cfg.output`; with a task, the fp32 and int8 dev scores side by side."""
+    if cfg.task:  # a random head's dev score would read as the model's
+        from ..glue.distill import check_fine_tuned
+        from ..glue.tasks import get_task
+
+        check_fine_tuned(cfg.model, get_task(cfg.task), role="--model")
     out = check_output(cfg.output, cfg.overwrite, cfg.model)
     model, tokenizer = load_model(cfg.model)
     quantized = quantize(model)

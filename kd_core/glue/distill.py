@@ -68,19 +68,19 @@ class TaskDistillConfig:
         return out
 
 
-def check_task_teacher(teacher_path: str, task: Task) -> None:
-    """A teacher for task distillation must be fine-tuned on the task: a model saved without a classifier (an MLM
-    checkpoint, an encoder) would load with a random head and teach noise."""
-    config = AutoConfig.from_pretrained(teacher_path)
+def check_fine_tuned(path: str, task: Task, role: str = "teacher") -> None:
+    """A task teacher (or a model whose dev score is reported) must be fine-tuned on the task: a model saved without
+    a classifier (an MLM checkpoint, an encoder) would load with a random head and teach, or score, noise."""
+    config = AutoConfig.from_pretrained(path)
     architectures = getattr(config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         said = ", ".join(architectures) or "no architecture"
-        raise UserError(f"teacher {teacher_path} is not fine-tuned on a task (its config says {said}); fine-tune it "
-                        f"first: python -m kd_core.glue --model {teacher_path} --tasks {task.name} --save-model ..., "
-                        "then give --teacher <that run>/model")
+        raise UserError(f"{role} {path} is not fine-tuned on a task (its config says {said}); fine-tune it "
+                        f"first: python -m kd_core.glue --model {path} --tasks {task.name} --save-model ..., "
+                        "and use <that run>/model")
     if config.num_labels != task.num_labels:
-        raise UserError(f"the teacher has {config.num_labels} outputs, task {task.name} needs {task.num_labels}: give "
-                        f"a teacher fine-tuned on {task.name}")
+        raise UserError(f"the {role} has {config.num_labels} outputs, task {task.name} needs {task.num_labels}: give "
+                        f"a model fine-tuned on {task.name}")
 
 
 class TaskDistillObjective(Objective):
@@ -170,7 +170,7 @@ def distill_and_evaluate(student_path: str, teacher_path: str, task: Task, glue_
                          cfg: FinetuneConfig, dcfg: TaskDistillConfig, seed: int, output_dir: str | Path,
                          data_cache: dict | None = None) -> dict:
     t0 = time.perf_counter()
-    check_task_teacher(teacher_path, task)
+    check_fine_tuned(teacher_path, task)
     seed_everything(seed)
     student, tokenizer = load_for_task(student_path, task)
     teacher, _ = load_for_task(teacher_path, task)

@@ -24,7 +24,7 @@ from ..config import flatten
 from ..files import atomic_write_text
 from ..engine import NonFiniteLossError
 from ..errors import UserError, one_line
-from .distill import TaskDistillConfig, check_task_teacher, distill_and_evaluate
+from .distill import TaskDistillConfig, check_fine_tuned, distill_and_evaluate
 from .finetune import FinetuneConfig, check_model, check_positions, finetune_and_evaluate, load_examples
 from ..provenance import provenance
 from .metrics import DivergedError
@@ -83,7 +83,7 @@ def preflight(model: str, tasks: list[Task], glue_dir: str | None, grid: GridCon
     for path in dict.fromkeys(p for paths in models.values() for p in paths):
         check_model(path)
     for task in tasks if grid.teacher else []:
-        check_task_teacher(teacher_for(grid.teacher, task), task)
+        check_fine_tuned(teacher_for(grid.teacher, task), task)
     cache: dict = {}
     for task in tasks:
         load_examples(task, glue_dir, cache)

@@ -26,7 +26,7 @@ from helpers import engine_on_corpus, tiny_pretrain_config, write_config
 from kd_core.checkpoint import torch_load
 from kd_core.config import ConfigError, load_config
 from kd_core.metrics_log import read_metrics
-from kd_core.pretrain import MaskedLMObjective, PretrainConfig
+from kd_core.pretrain import MaskedLMObjective
 from kd_core.run import run_entries
 from kd_core.toy import tiny_bert_teacher, tiny_electra
 

@@ -2,13 +2,16 @@
 
 A checkpoint is written as `checkpoint-<step>.tmp`, every file fsynced, and renamed to
 `checkpoint-<step>` only when complete; its `trainer_state.json` (written last) lists every file
-with its size. A save killed half-way leaves nothing `--resume` would pick, a checkpoint being
+with its size. An object every process holds a part of (a DeepSpeed ZeRO optimizer shard) is one
+`<name>-rank<r>.pt` per process, written by that process into the same `.tmp` directory first. A save killed half-way leaves nothing `--resume` would pick, a checkpoint being
 deleted is renamed away first, and a checkpoint whose files do not read back is reported by name
 so `--resume` can fall back to an older one.
 """
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import random
 import re
 import shutil
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import atomic_dir, commit_dir, remove_dir
+from .files import commit_dir, remove_dir
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -65,11 +68,19 @@ def file_sizes(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def write_checkpoint(final: Path, student, tokenizer, objects: dict[str, Any], config_yaml: str,
-                     state: dict[str, Any]) -> Path:
-    """Student (HF format, with tokenizer), one `<name>.pt` per object, config and state; atomic."""
-    tmp = atomic_dir(final)
-    student.save_pretrained(tmp / STUDENT_DIR)
+def write_shard(tmp: Path, name: str, rank: int, obj: Any) -> None:
+    """This process's part of object `name`, into the checkpoint being built in `tmp`; durable before returning."""
+    path = tmp / f"{name}-rank{rank}.pt"
+    torch.save(obj, path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_checkpoint(tmp: Path, final: Path, student, tokenizer, objects: dict[str, Any], config_yaml: str,
+                     state: dict[str, Any], student_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Student (HF format, with tokenizer; `student_state` replaces its own weights), one `<name>.pt` per object,
+    config and state, into `tmp` (from `atomic_dir(final)`, holding any shards already), then renamed to `final`."""
+    student.save_pretrained(tmp / STUDENT_DIR, state_dict=student_state)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / STUDENT_DIR)
     for name, obj in objects.items():
@@ -104,8 +115,21 @@ def _read(path: Path, name: str, reader):
         raise CorruptCheckpoint(path, name, f"{type(e).__name__}: {e}") from e
 
 
-def read_checkpoint(path: Path, model_class, object_names: list[str]) -> Checkpoint:
-    """Everything in the checkpoint, read and checked before anything is applied to a live run."""
+def torch_load(path: Path) -> Any:
+    """torch.load with its safe unpickler; DeepSpeed's optimizer shards also hold a few DeepSpeed classes (its loss
+    scaler, ZeRO stage enum, fragment addresses), which are allowed, and nothing else."""
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    refused = [n for n in names if not n.startswith("deepspeed.")]
+    if refused:
+        raise ValueError(f"holds objects torch will not load safely: {refused}")
+    allowed = [getattr(importlib.import_module(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu")
+
+
+def read_checkpoint(path: Path, model_class, object_names: list[str], rank: int = 0) -> Checkpoint:
+    """Everything in the checkpoint, read and checked before anything is applied to a live run (of an object in
+    per-process parts, this process's part)."""
     state = _read(path, STATE_FILE, lambda p: json.loads(p.read_text()))
     if "files" not in state:
         raise CorruptCheckpoint(path, STATE_FILE, "no file list (written by an older version of kd_core)")
@@ -115,8 +139,8 @@ def read_checkpoint(path: Path, model_class, object_names: list[str]) -> Checkpo
             raise CorruptCheckpoint(path, name, f"{'missing' if actual is None else f'{actual} bytes'}, "
                                                 f"{size} bytes were written")
     student = _read(path, STUDENT_DIR, lambda p: model_class.from_pretrained(p, dtype=torch.float32).state_dict())
-    objects = {name: _read(path, f"{name}.pt", lambda p: torch.load(p, map_location="cpu"))
-               for name in object_names if f"{name}.pt" in state["files"]}
+    files = {name: f"{name}.pt" if f"{name}.pt" in state["files"] else f"{name}-rank{rank}.pt" for name in object_names}
+    objects = {name: _read(path, file, torch_load) for name, file in files.items() if file in state["files"]}
     config_yaml = _read(path, "config.yaml", lambda p: p.read_text())
     return Checkpoint(path, state, config_yaml, student, objects)
 

@@ -1,4 +1,5 @@
-"""What every command does around its work: a user error as one line (exit 2), a summary at the end."""
+"""What every command does around its work: a user error as one line (exit 2), a stop on a signal as one
+line (exit 75), a summary at the end."""
 from __future__ import annotations
 
 import argparse
@@ -7,16 +8,23 @@ from typing import Callable
 
 from accelerate import PartialState
 
-from .errors import UserError, one_line
+from .distributed import process_rank
+from .errors import PREEMPTED_EXIT, Preempted, UserError, one_line
 
 
 def exit_code_of(work: Callable[[], object]) -> int:
-    """0 when `work` returns; 2 with one `error: ...` line for a UserError; anything else propagates."""
+    """0 when `work` returns; 2 with one `error: ...` line for a UserError (printed by the main process alone
+    when every process raised it); 75 with one line for a signal that stopped the run; anything else propagates."""
     try:
         work()
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        if not e.everywhere or process_rank() == 0:
+            print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        if process_rank() == 0:
+            print(f"stopped: {one_line(e)}", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
 
 

@@ -42,6 +42,8 @@ def yaml_load(text: str):
 class ConfigError(UserError):
     """A config file or override that cannot be applied."""
 
+    everywhere = True  # every process reads the same config
+
 
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)

@@ -1,8 +1,9 @@
 """The training engine every objective runs through: one readable loop, full checkpoints, resume.
 
 `Engine.step(micro_batches) -> dict` is one optimizer step; `Engine.fit()` is the loop around it
-(data order, logging, evaluation, checkpoints). accelerate supplies device placement, mixed
-precision (GradScaler for fp16) and DDP; everything else is here, visible.
+(data order, logging, evaluation, checkpoints, a clean stop on SIGTERM/SIGINT). accelerate supplies
+device placement, mixed precision (GradScaler for fp16), DDP and DeepSpeed ZeRO-2; everything else is
+here, visible.
 
 Every random draw of a step is a pure function of (seed, step): the data order and masks come
 from the sampler (kd_core/sampler.py), and the global RNG (dropout, ELECTRA's generator samples)
@@ -13,7 +14,9 @@ state needs saving.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +25,22 @@ from typing import Any, Literal, Sequence
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import GradientAccumulationPlugin
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from .checkpoint import CorruptCheckpoint, complete_checkpoints, prune_checkpoints, read_checkpoint, write_checkpoint
+from .checkpoint import (CorruptCheckpoint, complete_checkpoints, prune_checkpoints, read_checkpoint, write_checkpoint,
+                         write_shard)
+from .distributed import accelerator_cpu_flag, agree, deepspeed_requested, gather, process_state
 from .families import family_of
-from .files import atomic_dir, atomic_write_text, commit_dir
-from .config import check_ranges, dump_config, flatten, out_of_range, to_dict, yaml_load
-from .errors import UserError
+from .files import atomic_dir, atomic_write_text, commit_dir, staging_dir
+from .config import ConfigError, check_ranges, dump_config, flatten, out_of_range, to_dict, yaml_load
+from .errors import Preempted, SharedError, UserError
 from .metrics_log import MetricsLog, StepAggregate
 from .objective import Objective, weighted_total
 from .optim import build_optimizer, build_scheduler, warmup_steps
-from .sampler import MODEL, Collate, GlobalBatchSampler, micro_batch_seed, seeded_loader
+from .preemption import StopSignals
+from .sampler import MODEL, Collate, GlobalBatchSampler, check_batch_split, micro_batch_seed, seeded_loader
 
 EVAL_SEED = 12345  # held-out masks and samples are the same at every evaluation: comparable over time
 
@@ -132,12 +139,25 @@ class Engine:
         # may differ, so reset it (the distributed PartialState is kept)
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-        # cpu=True is what makes accelerate run multi-process CPU (gloo) under torchrun / accelerate launch
-        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available())
+        world = process_state().num_processes
+        check_batch_split(train.batch_size, train.micro_batch_size, world)
+        launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if launcher not in ("no", train.mixed_precision):  # accelerate would take the run config's, silently
+            raise ConfigError(f"accelerate launch --mixed_precision {launcher} (or its config file) and "
+                              f"train.mixed_precision={train.mixed_precision} differ: the run's precision is "
+                              f"train.mixed_precision; use --set train.mixed_precision={launcher}")
+        # under DeepSpeed, accumulation is DeepSpeed's (it scales the loss and steps at the last micro-batch);
+        # the plugin also keeps accelerate from reading a launcher's value from the environment
+        steps = self._accumulation(world) if deepspeed_requested() else 1
+        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=accelerator_cpu_flag(),
+                                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=steps))
         acc = self.accelerator
         if train.mixed_precision == "fp16" and acc.device.type == "cpu":
             # accelerate would silently train in fp32 here: refuse instead of a no-op flag
-            raise UserError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
+            raise ConfigError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
+        self.deepspeed = acc.state.deepspeed_plugin is not None
+        if self.deepspeed:
+            self._configure_deepspeed(acc.state.deepspeed_plugin)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self.objective = objective
@@ -148,10 +168,9 @@ class Engine:
         n_warmup = warmup_steps(train.max_steps, train.warmup_steps, train.warmup_ratio)
         # the scheduler is not prepared by accelerate: it steps once per optimizer step, on every process
         self.scheduler = build_scheduler(optimizer, train.schedule, train.max_steps, n_warmup)
-        self.deepspeed = acc.state.deepspeed_plugin is not None
-        if self.deepspeed:  # DeepSpeed accumulates and scales by 1/accumulation itself (path not exercised here)
-            acc.state.deepspeed_plugin.deepspeed_config.update(
-                train_micro_batch_size_per_gpu=train.micro_batch_size, gradient_accumulation_steps=self.accumulation)
+        # DeepSpeed casts the modules to bf16/fp16 and keeps fp32 master copies of trainable parameters only
+        self._frozen_fp32 = {id(p): p.detach().float().clone() for name, p in objective.named_parameters()
+                             if self.deepspeed and not p.requires_grad and not name.startswith("teacher.")}
         self.model, self.optimizer = acc.prepare(objective, optimizer)
         if train.teacher_half and objective.teacher is not None and train.mixed_precision != "no":
             objective.teacher.to(torch.bfloat16 if train.mixed_precision == "bf16" else torch.float16)
@@ -188,7 +207,27 @@ class Engine:
 
     @property
     def accumulation(self) -> int:
-        return self.cfg.batch_size // (self.cfg.micro_batch_size * self.accelerator.num_processes)
+        return self._accumulation(self.accelerator.num_processes)
+
+    def _accumulation(self, world: int) -> int:
+        return self.cfg.batch_size // (self.cfg.micro_batch_size * world)
+
+    def _configure_deepspeed(self, plugin) -> None:
+        """The DeepSpeed config follows the run config: micro-batch, accumulation and clipping come from `train`
+        (a clipping value of its own would make train.max_grad_norm, and its --resume recovery, a lie)."""
+        if plugin.zero_stage not in (1, 2):
+            raise ConfigError(f"DeepSpeed ZeRO stage {plugin.zero_stage} is not supported (checkpoints and final/ "
+                              "need whole parameters on every process); use zero_stage 1 or 2")
+        ours = {"gradient_clipping": (self.cfg.max_grad_norm, "train.max_grad_norm"),
+                "train_micro_batch_size_per_gpu": (self.cfg.micro_batch_size, "train.micro_batch_size"),
+                "gradient_accumulation_steps": (self._accumulation(process_state().num_processes),
+                                                "train.batch_size / (micro_batch_size x processes)")}
+        ds = plugin.deepspeed_config
+        for key, (value, source) in ours.items():
+            if ds.get(key, "auto") not in ("auto", value):
+                raise ConfigError(f"the DeepSpeed config sets {key}={ds[key]} but the run's is {value} ({source}); "
+                                  f"remove {key} from the accelerate/DeepSpeed config (or set it to auto)")
+            ds[key] = value
 
     def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int):
         acc = self.accelerator
@@ -211,7 +250,9 @@ class Engine:
             torch.manual_seed(micro_batch_seed(self.cfg.seed, self.step_count, acc.process_index + i * acc.num_processes,
                                                MODEL))
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
-            sync = contextlib.nullcontext() if i == n - 1 else acc.no_sync(self.model)
+            last = i == n - 1
+            acc.sync_gradients = last  # DeepSpeed: only the last micro-batch is an accumulation boundary (its step)
+            sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
             with sync:
                 terms = self.model(batch)
                 loss, w_terms = weighted_total(terms, self.loss_weights)
@@ -227,10 +268,11 @@ class Engine:
         # fp16: the GradScaler owns inf/NaN gradients (it skips and lowers the scale), so clip only after
         # the loss check; otherwise clip first and check loss and gradient norm with one host sync
         scaled = acc.scaler is not None
-        grad_norm = None if scaled else acc.clip_grad_norm_(self.objective.parameters(), max_norm)
+        # under DeepSpeed this is the norm its own step (at the last backward) computed and clipped with: a float
+        grad_norm = None if scaled else self._norm(acc.clip_grad_norm_(self.objective.parameters(), max_norm))
         finite = torch.isfinite(total)
-        if grad_norm is not None:  # None under DeepSpeed, which clips (and checks) inside its own step
-            finite = finite & torch.isfinite(torch.as_tensor(grad_norm))
+        if grad_norm is not None:
+            finite = finite & torch.isfinite(grad_norm)
         finite = finite.float()
         if acc.num_processes > 1:
             finite = acc.reduce(finite, "min")
@@ -243,7 +285,7 @@ class Engine:
             self.scheduler.step()
             return out
         self.counts["consecutive_nonfinite"] = 0
-        out["grad_norm"] = acc.clip_grad_norm_(self.objective.parameters(), max_norm) if scaled else grad_norm
+        out["grad_norm"] = self._norm(acc.clip_grad_norm_(self.objective.parameters(), max_norm)) if scaled else grad_norm
         scale_before = self._loss_scale()
         self.optimizer.step()
         # fp16 overflow: the GradScaler skipped the update and lowered the scale. (accelerate's
@@ -254,6 +296,9 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         return out
 
+    def _norm(self, value) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device)
+
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         acc, cfg = self.accelerator, self.cfg
@@ -263,26 +308,32 @@ class Engine:
         interval = StepAggregate()
         last_logged: dict[str, float] = {}
         t_last = time.perf_counter()
+        # a run that can be resumed stops on SIGTERM/SIGINT at the end of a step, with a checkpoint
+        signals = StopSignals() if self._resumable else None
         try:
-            while self.step_count < cfg.max_steps:
-                micro = [next(loader) for _ in range(self.accumulation)]
-                lr = self.scheduler.get_last_lr()[0]
-                out = self.step(micro)
-                self.step_count += 1
-                interval.add(out)
-                if "nonfinite_terms" in out:
-                    self._on_nonfinite(out["nonfinite_terms"])
-                if self.step_count % cfg.log_every == 0 or self.step_count == cfg.max_steps:
-                    now = time.perf_counter()
-                    last_logged = self._log(interval, now - t_last, lr)
-                    bar.set_postfix(loss=f"{last_logged.get('loss/total', float('nan')):.4g}",
-                                    tok_s=f"{last_logged['tokens_per_s']:.0f}")
-                    interval, t_last = StepAggregate(), now
-                if self.eval_rows is not None and cfg.eval_every and self.step_count % cfg.eval_every == 0:
-                    last_logged.update(self.evaluate())
-                if cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < cfg.max_steps:
-                    self.save_checkpoint()
-                bar.update(1)
+            with signals or contextlib.nullcontext():
+                while self.step_count < cfg.max_steps:
+                    micro = [next(loader) for _ in range(self.accumulation)]
+                    lr = self.scheduler.get_last_lr()[0]
+                    out = self.step(micro)
+                    self.step_count += 1
+                    interval.add(out)
+                    if "nonfinite_terms" in out:
+                        self._on_nonfinite(out["nonfinite_terms"])
+                    stop = signals is not None and signals.agreed(acc) and self.step_count < cfg.max_steps
+                    if self.step_count % cfg.log_every == 0 or self.step_count == cfg.max_steps or stop:
+                        now = time.perf_counter()
+                        last_logged = self._log(interval, now - t_last, lr)
+                        bar.set_postfix(loss=f"{last_logged.get('loss/total', float('nan')):.4g}",
+                                        tok_s=f"{last_logged['tokens_per_s']:.0f}")
+                        interval, t_last = StepAggregate(), now
+                    if self.eval_rows is not None and cfg.eval_every and self.step_count % cfg.eval_every == 0:
+                        last_logged.update(self.evaluate())
+                    if stop or cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < cfg.max_steps:
+                        path = self.save_checkpoint()
+                    if stop:
+                        self._stop(signals.received, path)
+                    bar.update(1)
         finally:
             bar.close()
         if self.eval_rows is not None and not (cfg.eval_every and self.step_count % cfg.eval_every == 0):
@@ -293,6 +344,17 @@ class Engine:
         if acc.is_main_process:
             self.log.close()
         return last_logged
+
+    @property
+    def _resumable(self) -> bool:
+        return bool(self.cfg.save_at_end or self.cfg.save_every)  # a fine-tuning cell saves nothing to resume
+
+    def _stop(self, received: str | None, path: Path) -> None:
+        if self.accelerator.is_main_process:
+            self.log.close()
+        raise Preempted(f"{received or 'a stop signal (to another process)'} at step {self.step_count} of "
+                        f"{self.cfg.max_steps}: the step finished and {path} was saved; to continue, run the same "
+                        "command with --resume")
 
     def _log(self, interval: StepAggregate, seconds: float, lr: float) -> dict[str, float]:
         record = interval.summary(self.accelerator, seconds)
@@ -325,7 +387,7 @@ class Engine:
         if n >= limit:
             stopped = (f"step {self.step_count}: {terms} were non-finite for {n} consecutive steps "
                        f"(train.max_consecutive_nonfinite={limit}).")
-            if not (self.cfg.save_at_end or self.cfg.save_every):  # a fine-tuning cell: nothing to resume
+            if not self._resumable:
                 raise NonFiniteLossError(f"{stopped} Lower the learning rate or check the data.")
             # skipped steps change nothing, so these parameters are those after the last applied update
             path = self.save_checkpoint()
@@ -344,10 +406,11 @@ class Engine:
         if n_batches == 0:
             return {}
         loader = iter(self._loader(self.eval_rows, 0, False, seed=EVAL_SEED))
-        torch.manual_seed(EVAL_SEED)
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for _ in range(n_batches * self.accumulation):
+        for b, i in itertools.product(range(n_batches), range(self.accumulation)):
+            # seeded per micro-batch as in training, so the result does not depend on the process count
+            torch.manual_seed(micro_batch_seed(EVAL_SEED, b, acc.process_index + i * acc.num_processes, MODEL))
             batch = {k: v.to(acc.device) for k, v in next(loader).items()}
             terms = self.model(batch)
             total, _ = weighted_total(terms, self.loss_weights)
@@ -361,60 +424,104 @@ class Engine:
         return record
 
     # ---- checkpoints --------------------------------------------------------------------------
+    def _master_weights(self) -> dict[int, torch.Tensor]:
+        """Under DeepSpeed, the fp32 value of every parameter saved (by id): ZeRO partitions the fp32 master copies
+        over the processes (so every process must call this) and, with bf16/fp16, the modules hold 16-bit copies.
+        Without DeepSpeed: empty (the modules hold the values)."""
+        if not self.deepspeed:
+            return {}
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        trainable = {id(p): safe_get_full_fp32_param(p).cpu() for p in self.objective.parameters() if p.requires_grad}
+        return {**self._frozen_fp32, **trainable}
+
+    @staticmethod
+    def _state_of(module: torch.nn.Module, master: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: master.get(id(v), v.detach()) for k, v in module.state_dict(keep_vars=True).items()}
+
     def save_checkpoint(self) -> Path:
         """Student (HF format) + tokenizer, extras, optimizer, scheduler, scaler, data position and
-        config, written to a temporary directory and renamed when complete (main process)."""
+        config, written to a temporary directory and renamed when complete (main process). Under DeepSpeed
+        every process first writes its ZeRO partition of the optimizer state into that directory."""
         acc = self.accelerator
         final = self.output_dir / f"checkpoint-{self.step_count}"
+        master = self._master_weights()
+        weights = self._state_of(self.objective, master)
         if acc.is_main_process:
-            broken = [k for k, v in self.objective.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+            broken = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
             if broken:  # never store a NaN model as a state to resume from
                 raise RuntimeError(f"step {self.step_count}: non-finite values in {broken[:5]}; checkpoint not written")
-            objects = {"extras": self.objective.extras_state_dict(), "optimizer": self.optimizer.state_dict(),
-                       "scheduler": self.scheduler.state_dict()}
+            atomic_dir(final)
+        acc.wait_for_everyone()
+        if self.deepspeed:
+            write_shard(staging_dir(final), "optimizer", acc.process_index, self.optimizer.state_dict())
+            acc.wait_for_everyone()
+        if acc.is_main_process:
+            objects = {"extras": self.objective.extras_state_dict(weights), "scheduler": self.scheduler.state_dict()}
+            if not self.deepspeed:
+                objects["optimizer"] = self.optimizer.state_dict()
             if acc.scaler is not None:
                 objects["scaler"] = acc.scaler.state_dict()
             self._wall()
             state = {"step": self.step_count, "epoch": self._epoch(), "data_position": self.step_count,
                      "world_size": acc.num_processes, **self.counts}
-            write_checkpoint(final, self.objective.student, self.tokenizer, objects, self.config_text(), state)
+            student = self.objective.student
+            write_checkpoint(staging_dir(final), final, student, self.tokenizer, objects, self.config_text(), state,
+                             self._state_of(student, master) if master else None)
             prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints, self.step_count)
         acc.wait_for_everyone()
         return final
 
     def resume(self) -> dict[str, tuple[Any, Any]] | None:
-        """Load the newest checkpoint that reads back, falling back past broken ones (each named).
+        """Load the newest checkpoint that reads back on every process, falling back past broken ones (each named).
         Returns the recovery changes applied (empty if none), or None when there was nothing to resume."""
         acc = self.accelerator
-        found = [path for _, path in reversed(complete_checkpoints(self.output_dir))]
+        found = complete_checkpoints(self.output_dir)
+        agree([step for step, _ in found], f"--resume: the processes see different checkpoints in {self.output_dir}; "
+                                           "it must be on a filesystem shared by all nodes")
         if not found:
             if acc.is_main_process:
                 print(f"--resume: no complete checkpoint in {self.output_dir}; starting from scratch")
             return None
         broken = []
-        for path in found:
+        for _, path in reversed(found):
             try:
-                checkpoint = read_checkpoint(path, type(self.objective.student), CHECKPOINT_OBJECTS)
+                checkpoint, error = read_checkpoint(path, type(self.objective.student), CHECKPOINT_OBJECTS,
+                                                    acc.process_index), None
             except CorruptCheckpoint as e:
-                broken.append(str(e))
+                checkpoint, error = None, str(e)
+            errors = list(dict.fromkeys(e for e in gather(error) if e is not None))
+            if errors:  # all processes fall back together, whichever could not read its part
+                broken += errors
                 if acc.is_main_process:
-                    print(f"warning: --resume skips a broken checkpoint: {e}")
+                    for e in errors:
+                        print(f"warning: --resume skips a broken checkpoint: {e}")
                 continue
+            self._check_layout(checkpoint)
             changes = self._check_config(checkpoint.path, yaml_load(checkpoint.config_yaml))
             self._apply(checkpoint, changes)
             if acc.is_main_process:
                 print(f"resumed from {path} at step {self.step_count}"
                       + "".join(f"; {k}: {a} -> {b}" for k, (a, b) in changes.items()))
             return changes
-        raise UserError(f"--resume: no checkpoint in {self.output_dir} reads back ({'; '.join(broken)}); "
-                        "start again in a new --output-dir (or with --overwrite)")
+        raise SharedError(f"--resume: no checkpoint in {self.output_dir} reads back ({'; '.join(broken)}); "
+                          "start again in a new --output-dir (or with --overwrite)")
+
+    def _check_layout(self, checkpoint) -> None:
+        """A ZeRO optimizer shard fits only DeepSpeed with the process count that wrote it."""
+        saved = checkpoint.state["world_size"]
+        sharded = "optimizer.pt" not in checkpoint.state["files"]
+        if sharded != self.deepspeed or (sharded and saved != self.accelerator.num_processes):
+            written = f"by DeepSpeed ZeRO on {saved} processes (one optimizer shard each)" if sharded else "without DeepSpeed"
+            raise SharedError(f"--resume: {checkpoint.path} was written {written}; resume it the same way "
+                              f"({f'DeepSpeed, {saved} processes' if sharded else 'without DeepSpeed, any process count'})")
 
     def _check_config(self, path: Path, saved: dict) -> dict[str, tuple[Any, Any]]:
         """Resuming under a different config would silently mix two runs; only the recovery keys may change."""
         changes = config_changes(saved, to_dict(self.run_config))
         refused = sorted(k for k in changes if k not in RECOVERY_KEYS)
         if refused:
-            raise UserError(f"--resume: the config differs from the checkpoint's in {refused} ({path / 'config.yaml'}); "
+            raise SharedError(f"--resume: the config differs from the checkpoint's in {refused} ({path / 'config.yaml'}); "
                             f"resume with the saved config (only {', '.join(RECOVERY_KEYS)} may change) "
                             "or use a new --output-dir")
         return changes
@@ -425,9 +532,16 @@ class Engine:
         missing, unexpected = self.objective.load_state_dict(checkpoint.objects["extras"], strict=False)
         missing = [k for k in missing if not k.startswith(("student.", "teacher."))]
         if missing or unexpected:
-            raise UserError(f"checkpoint {checkpoint.path}: extras do not match the objective "
+            raise SharedError(f"checkpoint {checkpoint.path}: extras do not match the objective "
                             f"(missing {missing}, unexpected {list(unexpected)}); resume with the config it was saved with")
-        self.optimizer.load_state_dict(checkpoint.objects["optimizer"])
+        if self.deepspeed:  # this process's ZeRO partition (DeepSpeed indexes the list by rank), fp32 master included
+            shards = [None] * self.accelerator.num_processes
+            shards[self.accelerator.process_index] = checkpoint.objects["optimizer"]
+            zero = self.optimizer.optimizer
+            zero.load_state_dict(shards, load_from_fp32_weights=True)
+            zero.clip_grad = self.cfg.max_grad_norm  # the saved value would undo a --resume recovery
+        else:
+            self.optimizer.load_state_dict(checkpoint.objects["optimizer"])
         self.scheduler.load_state_dict(checkpoint.objects["scheduler"])
         if self.accelerator.scaler is not None and "scaler" in checkpoint.objects:
             self.accelerator.scaler.load_state_dict(checkpoint.objects["scaler"])
@@ -445,14 +559,20 @@ class Engine:
 
     def save_final(self) -> Path:
         """`final/`: the student in HF format with its tokenizer, loadable by from_pretrained."""
+        return self.save_pretrained(self.objective.student, self.output_dir / "final", self.config_text())
+
+    def save_pretrained(self, module: torch.nn.Module, path: Path, config_text: str | None = None) -> Path:
+        """`module` (a part of the objective) in HF format with the tokenizer, from the fp32 master weights under
+        DeepSpeed; every process calls it."""
         acc = self.accelerator
-        final = self.output_dir / "final"
+        master = self._master_weights()
         if acc.is_main_process:
-            tmp = atomic_dir(final)
-            self.objective.student.save_pretrained(tmp)
+            tmp = atomic_dir(path)
+            module.save_pretrained(tmp, state_dict=self._state_of(module, master) if master else None)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            (tmp / "config.yaml").write_text(self.config_text())
-            commit_dir(tmp, final)
+            if config_text is not None:
+                (tmp / "config.yaml").write_text(config_text)
+            commit_dir(tmp, path)
         acc.wait_for_everyone()
-        return final
+        return path

@@ -36,9 +36,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def staging_dir(final: Path) -> Path:
+    """Where `atomic_dir` builds `final` (other processes write their parts there too)."""
+    return final.with_name(final.name + ".tmp")
+
+
 def atomic_dir(final: Path) -> Path:
     """A fresh temporary directory beside `final`; call `commit_dir` when it is complete."""
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = staging_dir(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

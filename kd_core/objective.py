@@ -32,9 +32,11 @@ class Objective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def extras_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable state that is neither the student nor the teacher (saved beside the student)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(("student.", "teacher."))}
+    def extras_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Trainable state that is neither the student nor the teacher (saved beside the student), from `state`
+        (default: this module's state dict)."""
+        state = self.state_dict() if state is None else state
+        return {k: v for k, v in state.items() if not k.startswith(("student.", "teacher."))}
 
 
 def freeze_head(model: nn.Module) -> None:

@@ -24,11 +24,14 @@ from transformers import AutoTokenizer
 
 from .checkpoint import seed_everything
 from .families import family_of
-from .files import atomic_dir, atomic_write_text, commit_dir
+from .config import ConfigError
+from .distributed import agree, on_main, process_state
+from .files import atomic_write_text
 from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
 from .engine import Engine, TrainConfig
 from .errors import UserError, one_line
 from .objective import Objective
+from .sampler import check_batch_split
 
 LOCK_FILE = ".lock"
 # what a run writes into its output dir: present means the dir holds a run, and --overwrite removes these
@@ -61,12 +64,6 @@ def run_entries(output_dir: Path) -> list[str]:
                   if p.name in RUN_ENTRIES or p.name.startswith(RUN_PREFIXES))
 
 
-def is_main_process() -> bool:
-    """Rank 0 under torchrun / accelerate launch (read from the environment: creating accelerate's state
-    here, before the engine asks for CPU processes, would fix it as one process)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _holder(lock_path: Path) -> str:
     try:
         return lock_path.read_text().strip() or "unknown process"
@@ -74,33 +71,29 @@ def _holder(lock_path: Path) -> str:
         return "unknown process"
 
 
-@contextmanager
-def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
-    """Hold an exclusive lock on `output_dir` while the block runs (main process only).
-
-    The lock is a flock, which the kernel drops when its process dies: a killed run never blocks
-    `--resume`. A dir that holds another run is refused unless resumed or overwritten."""
-    out = Path(output_dir)
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other: resume the run, or overwrite it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output-dir {out} is a file; give a directory")
-    if not is_main_process():
-        yield out
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / LOCK_FILE, "a+")
+def _lock(out: Path, resume: bool, overwrite: bool):
+    """The main process's exclusive flock on `out` (the open file holds it), after refusing a dir that holds another
+    run; --overwrite removes that run's files."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_FILE, "a+")
+    except OSError as e:
+        raise UserError(f"cannot create --output-dir {out}: {one_line(e)}") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{out} is in use by another run ({_holder(out / LOCK_FILE)}); wait for it to end "
                             "or use another --output-dir") from None
+        except OSError as e:  # e.g. ENOLCK: NFS without a lock daemon, or a filesystem without flock
+            raise UserError(f"cannot lock {out / LOCK_FILE} ({one_line(e)}): the filesystem does not support flock; "
+                            "use an --output-dir on one that does (local disk, Lustre/GPFS, NFS with locking)") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                      f"{' '.join(sys.argv)}\n")
         handle.flush()
+        os.fsync(handle.fileno())
         found = run_entries(out)
         if found and not resume:
             if not overwrite:
@@ -109,9 +102,39 @@ def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> I
             for name in found:
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+@contextmanager
+def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """Hold an exclusive lock on `output_dir` while the block runs (main process), and check that every
+    process sees the same directory.
+
+    The lock is a flock, which the kernel drops when its process dies: a killed run never blocks
+    `--resume`. A dir that holds another run is refused unless resumed or overwritten. Every process then
+    reads the lock file the main process just wrote: a process that does not see it (a node-local dir on a
+    multi-node run) stops the run before anything is resumed or written."""
+    out = Path(output_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: resume the run, or overwrite it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file; give a directory")
+    handles = []
+    try:
+        on_main(lambda: handles.append(_lock(out, resume, overwrite)))
+        try:
+            seen = (out / LOCK_FILE).read_text()
+        except OSError as e:
+            seen = f"cannot read {LOCK_FILE}: {one_line(e)}"
+        agree(seen, f"--output-dir {out} is not the same directory on every process: it must be on a filesystem "
+                    f"shared by all nodes (what each process reads in its {LOCK_FILE})")
         yield out
     finally:
-        handle.close()  # closing releases the flock
+        for handle in handles:
+            handle.close()  # closing releases the flock
 
 
 @dataclass
@@ -141,7 +164,9 @@ def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path,
     masking: MaskingConfig = run_config.masking
     train: TrainConfig = run_config.train
     if not data.corpus:
-        raise UserError("no corpus: set data.corpus to a directory prepared by `python -m kd_core.data prepare`")
+        raise ConfigError("no corpus: set data.corpus to a directory prepared by `python -m kd_core.data prepare`")
+    state = process_state()
+    check_batch_split(train.batch_size, train.micro_batch_size, state.num_processes)  # before the dir is touched
     with claim_output_dir(output_dir, resume, overwrite) as out:
         stats = read_stats(data.corpus)
         tokenizer = open_tokenizer(data, tokenizer_source)
@@ -152,16 +177,12 @@ def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path,
                 check_compatible(model, tokenizer, stats["max_len"])
         train_rows = open_corpus(data.corpus, tokenizer, "train")
         valid_rows = open_corpus(data.corpus, tokenizer, "valid")
-        if job.init_report and is_main_process():
+        if job.init_report and state.is_main_process:
             atomic_write_text(out / "student_init.json", json.dumps(job.init_report, indent=1))
         collate = MaskingCollator.for_corpus(masking, tokenizer, data.corpus)
         engine = Engine(train, job.objective, train_rows, collate, out, run_config,
                         tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
         summary = engine.fit()
-        if engine.accelerator.is_main_process:
-            for name, model in job.save_beside.items():
-                tmp = atomic_dir(out / name)
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                commit_dir(tmp, out / name)
+        for name, model in job.save_beside.items():
+            engine.save_pretrained(model, out / name)
         return summary

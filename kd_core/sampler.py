@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .config import ConfigError
 from .errors import UserError
 
 Collate = Callable[[list, torch.Generator], dict]
@@ -25,14 +26,18 @@ def micro_batch_seed(seed: int, global_batch: int, micro: int, stream: int) -> i
     return int(np.random.SeedSequence([seed, global_batch, micro, stream]).generate_state(1)[0])
 
 
+def check_batch_split(batch_size: int, micro_batch_size: int, world: int) -> None:
+    if batch_size % (micro_batch_size * world):
+        raise ConfigError(f"train.batch_size={batch_size} must be a multiple of micro_batch_size "
+                          f"({micro_batch_size}) x processes ({world})")
+
+
 class GlobalBatchSampler:
     """Yields this process's micro-batches of (row index, masking seed), global batch by global batch."""
 
     def __init__(self, n_rows: int, batch_size: int, micro_batch_size: int, rank: int, world: int,
                  seed: int, start_batch: int = 0, shuffle: bool = True, lengths: np.ndarray | None = None):
-        if batch_size % (micro_batch_size * world):
-            raise UserError(f"train.batch_size={batch_size} must be a multiple of micro_batch_size "
-                            f"({micro_batch_size}) x processes ({world})")
+        check_batch_split(batch_size, micro_batch_size, world)
         self.n_batches = n_rows // batch_size
         if self.n_batches == 0:
             raise UserError(f"the dataset has {n_rows} rows, fewer than one batch of {batch_size}; "

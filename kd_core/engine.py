@@ -25,7 +25,8 @@ from accelerate.state import AcceleratorState, GradientState
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from .checkpoint import CorruptCheckpoint, complete_checkpoints, prune_checkpoints, read_checkpoint, write_checkpoint
+from .checkpoint import (CorruptCheckpoint, complete_checkpoints, progress_without_checkpoint, prune_checkpoints,
+                         read_checkpoint, set_aside, write_checkpoint)
 from .families import family_of
 from .files import atomic_dir, atomic_write_text, commit_dir
 from .config import check_ranges, dump_config, flatten, out_of_range, to_dict, yaml_load
@@ -121,13 +122,15 @@ class Engine:
 
     def __init__(self, train: TrainConfig, objective: Objective,
                  train_rows: Sequence, collate: Collate, output_dir: str | Path, run_config: Any,
-                 tokenizer=None, eval_rows: Sequence | None = None, resume: bool = False):
+                 tokenizer=None, eval_rows: Sequence | None = None, resume: bool = False,
+                 inputs: dict[str, str] | None = None):
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
         check_ranges(train, "train")  # configs built in Python skip the check that loading does
         self.cfg, self.loss_weights = train, dict(objective.weights)
         self.output_dir = Path(output_dir)
         self.run_config, self.tokenizer = run_config, tokenizer
         self.train_rows, self.eval_rows, self.collate = train_rows, eval_rows, collate
+        self.inputs = dict(inputs or {})  # {config key: content hash} of the run's inputs (teacher, corpus, ...)
         # accelerate keeps one precision per process; engines run one after another (distil, then fine-tune)
         # may differ, so reset it (the distributed PartialState is kept)
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -169,6 +172,11 @@ class Engine:
         # its last checkpoint: work a crash threw away is not counted)
         self.counts = {"skipped_overflow": 0, "skipped_nonfinite": 0, "consecutive_nonfinite": 0,
                        "tokens_seen": 0, "wall_s": 0.0}
+        if eval_rows is not None and acc.is_main_process and len(eval_rows) < train.batch_size:
+            batch, _ = self._eval_shape(len(eval_rows))
+            print(f"note: the held-out split has {len(eval_rows)} rows, fewer than one global batch "
+                  f"({train.batch_size}): " + (f"evaluated in batches of {batch}" if batch else
+                                                "too few for the processes; no eval/loss will be logged"))
         recovered = self.resume() if resume else None
         self._wall_origin = time.perf_counter() - self.counts["wall_s"]
         if acc.is_main_process:
@@ -190,10 +198,12 @@ class Engine:
     def accumulation(self) -> int:
         return self.cfg.batch_size // (self.cfg.micro_batch_size * self.accelerator.num_processes)
 
-    def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int):
+    def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int,
+                shape: tuple[int, int] | None = None):
         acc = self.accelerator
+        batch, micro = shape or (self.cfg.batch_size, self.cfg.micro_batch_size)
         lengths = rows.lengths() if self.cfg.group_by_length and shuffle else None
-        sampler = GlobalBatchSampler(len(rows), self.cfg.batch_size, self.cfg.micro_batch_size,
+        sampler = GlobalBatchSampler(len(rows), batch, micro,
                                      acc.process_index, acc.num_processes, seed, start_batch, shuffle, lengths)
         return seeded_loader(rows, self.collate, sampler, self.cfg.num_workers, acc.device.type == "cuda")
 
@@ -263,6 +273,7 @@ class Engine:
         interval = StepAggregate()
         last_logged: dict[str, float] = {}
         t_last = time.perf_counter()
+        start = self.step_count
         try:
             while self.step_count < cfg.max_steps:
                 micro = [next(loader) for _ in range(self.accumulation)]
@@ -285,10 +296,14 @@ class Engine:
                 bar.update(1)
         finally:
             bar.close()
-        if self.eval_rows is not None and not (cfg.eval_every and self.step_count % cfg.eval_every == 0):
+        ran = self.step_count > start  # a finished run resumed trains nothing: its eval row and checkpoint stand
+        if not ran and acc.is_main_process:
+            print(f"the run had already finished at step {self.step_count}; nothing to train")
+        if ran and self.eval_rows is not None and not (cfg.eval_every and self.step_count % cfg.eval_every == 0):
             last_logged.update(self.evaluate())
         if cfg.save_at_end:
-            self.save_checkpoint()
+            if ran:
+                self.save_checkpoint()
             self.save_final()
         if acc.is_main_process:
             self.log.close()
@@ -327,38 +342,94 @@ class Engine:
                        f"(train.max_consecutive_nonfinite={limit}).")
             if not (self.cfg.save_at_end or self.cfg.save_every):  # a fine-tuning cell: nothing to resume
                 raise NonFiniteLossError(f"{stopped} Lower the learning rate or check the data.")
-            # skipped steps change nothing, so these parameters are those after the last applied update
-            path = self.save_checkpoint()
+            # skipped steps change nothing, so these parameters are those after the last applied update; but that
+            # update may itself have broken the model (finite, yet every forward non-finite): look before saving
+            kept = f"The parameters of step {self.step_count - n} (nothing was applied since)"
+            how = (f"--resume with e.g. --set train.lr=<lower> or train.max_grad_norm=<lower> (--resume accepts "
+                   f"changes to {', '.join(RECOVERY_KEYS)})")
+            where, loss = self._probe()
+            if math.isfinite(loss):
+                path = self.save_checkpoint()
+                raise NonFiniteLossError(
+                    f"{stopped} {kept} evaluate finite ({where} loss {loss:.4g}) and are saved in {path}. To continue, "
+                    f"check the data or use bf16 instead of fp16, then {how}.")
+            good, moved = self._newest_finite_checkpoint()
+            aside = f" (checkpoints that do not evaluate finite were renamed: {', '.join(moved)})" if moved else ""
+            if good is None:
+                raise NonFiniteLossError(
+                    f"{stopped} {kept} do not evaluate finite ({where} loss {loss:.4g}) and were not saved, and no "
+                    f"checkpoint of this run does{aside}: nothing to resume. Start again with --overwrite and a lower "
+                    "train.lr (or train.max_grad_norm), or check the data.")
             raise NonFiniteLossError(
-                f"{stopped} The parameters of step {self.step_count - n} (finite; nothing was applied since) are "
-                f"saved in {path}. To continue, check the data or use bf16 instead of fp16, then --resume with e.g. "
-                f"--set train.lr=<lower> or train.max_grad_norm=<lower> (--resume accepts changes to "
-                f"{', '.join(RECOVERY_KEYS)}).")
+                f"{stopped} {kept} do not evaluate finite ({where} loss {loss:.4g}) and were not saved; the newest "
+                f"checkpoint that does is {good[0]} ({where} loss {good[1]:.4g}){aside}. To continue from it, {how}.")
 
-    @torch.no_grad()
+    def _probe(self) -> tuple[str, float]:
+        """("held-out" or "training", mean total loss of the current parameters on the fixed held-out batches, or
+        on the first training rows when there is no held-out split)."""
+        rows, where = (self.eval_rows, "held-out") if self.eval_rows is not None else (self.train_rows, "training")
+        return where, self._mean_losses(rows, max(1, self.cfg.eval_batches)).get("total", math.nan)
+
+    def _newest_finite_checkpoint(self) -> tuple[tuple[Path, float] | None, list[str]]:
+        """The newest checkpoint of this run whose parameters evaluate finite (loaded into the live objective: the
+        run is ending) and its loss; newer ones that do not are renamed `<name>.nonfinite` (kept, but never resumed)."""
+        moved = []
+        for step, path in reversed(complete_checkpoints(self.output_dir)):
+            if step > self.step_count:
+                continue
+            try:
+                checkpoint = read_checkpoint(path, type(self.objective.student), ["extras"])
+            except CorruptCheckpoint:
+                continue
+            self.objective.student.load_state_dict(checkpoint.student)
+            self.objective.load_state_dict(checkpoint.objects["extras"], strict=False)
+            _, loss = self._probe()
+            if math.isfinite(loss):
+                return (path, loss), moved
+            if self.accelerator.is_main_process:
+                moved.append(set_aside(path, "nonfinite").name)
+            self.accelerator.wait_for_everyone()
+        return None, moved
+
+    def _eval_shape(self, n_rows: int) -> tuple[int, int]:
+        """(global batch, micro-batch) for held-out rows: the training ones, or smaller when the split holds fewer
+        rows than one global batch (0, 0: fewer rows than processes)."""
+        cfg, world = self.cfg, self.accelerator.num_processes
+        if n_rows >= cfg.batch_size:
+            return cfg.batch_size, cfg.micro_batch_size
+        micro = min(cfg.micro_batch_size, n_rows // world)
+        return (micro * world * min(self.accumulation, n_rows // max(micro * world, 1)), micro) if micro else (0, 0)
+
     def evaluate(self) -> dict[str, float]:
         """Mean of every loss term over the held-out rows (fixed masks and samples: comparable over time)."""
+        means = self._mean_losses(self.eval_rows, self.cfg.eval_batches)
+        record = {f"eval/loss/{k}": v for k, v in means.items()}
+        if record and self.accelerator.is_main_process:
+            self.log.log(self.step_count, record)
+        return record
+
+    @torch.no_grad()
+    def _mean_losses(self, rows: Sequence, max_batches: int) -> dict[str, float]:
+        """{term: mean} over up to `max_batches` global batches of `rows` in order, with fixed masks and samples."""
         acc = self.accelerator
-        self.model.eval()
-        n_batches = min(self.cfg.eval_batches, len(self.eval_rows) // self.cfg.batch_size)
+        batch, micro = self._eval_shape(len(rows))
+        n_batches = min(max_batches, len(rows) // batch) if batch else 0
         if n_batches == 0:
             return {}
-        loader = iter(self._loader(self.eval_rows, 0, False, seed=EVAL_SEED))
+        self.model.eval()
+        loader = iter(self._loader(rows, 0, False, seed=EVAL_SEED, shape=(batch, micro)))
         torch.manual_seed(EVAL_SEED)
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for _ in range(n_batches * self.accumulation):
-            batch = {k: v.to(acc.device) for k, v in next(loader).items()}
-            terms = self.model(batch)
+        for _ in range(n_batches * batch // (micro * acc.num_processes)):
+            batch_ = {k: v.to(acc.device) for k, v in next(loader).items()}
+            terms = self.model(batch_)
             total, _ = weighted_total(terms, self.loss_weights)
             for k, v in {**terms, "total": total}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
             count += 1
-        record = {f"eval/loss/{k}": float(acc.reduce(v / count, "mean")) for k, v in sums.items()}
-        if acc.is_main_process:
-            self.log.log(self.step_count, record)
         self.model.train()
-        return record
+        return {k: float(acc.reduce(v / count, "mean")) for k, v in sums.items()}
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -367,7 +438,8 @@ class Engine:
         acc = self.accelerator
         final = self.output_dir / f"checkpoint-{self.step_count}"
         if acc.is_main_process:
-            broken = [k for k, v in self.objective.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+            saved = {**self.objective.student.state_dict(), **self.objective.extras_state_dict()}  # not the teacher
+            broken = [k for k, v in saved.items() if v.is_floating_point() and not v.isfinite().all()]
             if broken:  # never store a NaN model as a state to resume from
                 raise RuntimeError(f"step {self.step_count}: non-finite values in {broken[:5]}; checkpoint not written")
             objects = {"extras": self.objective.extras_state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -376,7 +448,7 @@ class Engine:
                 objects["scaler"] = acc.scaler.state_dict()
             self._wall()
             state = {"step": self.step_count, "epoch": self._epoch(), "data_position": self.step_count,
-                     "world_size": acc.num_processes, **self.counts}
+                     "world_size": acc.num_processes, **self.counts, "inputs": self.inputs}
             write_checkpoint(final, self.objective.student, self.tokenizer, objects, self.config_text(), state)
             prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints, self.step_count)
         acc.wait_for_everyone()
@@ -388,6 +460,11 @@ class Engine:
         acc = self.accelerator
         found = [path for _, path in reversed(complete_checkpoints(self.output_dir))]
         if not found:
+            first_save = self.cfg.save_every or self.cfg.max_steps
+            if progress := progress_without_checkpoint(self.output_dir, first_save):
+                raise UserError(f"--resume: {self.output_dir} holds a run ({'; '.join(progress)}) but no complete "
+                                "checkpoint (checkpoint-<step>/ with trainer_state.json) to continue from; restore its "
+                                "checkpoint, or start again with --overwrite (or in a new --output-dir)")
             if acc.is_main_process:
                 print(f"--resume: no complete checkpoint in {self.output_dir}; starting from scratch")
             return None
@@ -400,7 +477,8 @@ class Engine:
                 if acc.is_main_process:
                     print(f"warning: --resume skips a broken checkpoint: {e}")
                 continue
-            changes = self._check_config(checkpoint.path, yaml_load(checkpoint.config_yaml))
+            changes = self._check_config(checkpoint.path, yaml_load(checkpoint.config_yaml),
+                                         checkpoint.state.get("inputs", {}))
             self._apply(checkpoint, changes)
             if acc.is_main_process:
                 print(f"resumed from {path} at step {self.step_count}"
@@ -409,10 +487,18 @@ class Engine:
         raise UserError(f"--resume: no checkpoint in {self.output_dir} reads back ({'; '.join(broken)}); "
                         "start again in a new --output-dir (or with --overwrite)")
 
-    def _check_config(self, path: Path, saved: dict) -> dict[str, tuple[Any, Any]]:
-        """Resuming under a different config would silently mix two runs; only the recovery keys may change."""
+    def _check_config(self, path: Path, saved: dict, saved_inputs: dict[str, str]) -> dict[str, tuple[Any, Any]]:
+        """Resuming under a different config would silently mix two runs; only the recovery keys may change, and
+        the path of an input (teacher, corpus) whose content is the same (it was moved)."""
         changes = config_changes(saved, to_dict(self.run_config))
-        refused = sorted(k for k in changes if k not in RECOVERY_KEYS)
+        moved = {k for k in changes if k in saved_inputs and saved_inputs[k] == self.inputs.get(k)}
+        refused = sorted(k for k in changes if k not in RECOVERY_KEYS and k not in moved)
+        if refused and any(k in saved_inputs for k in refused):
+            differ = [k for k in refused if k in saved_inputs]
+            raise UserError(f"--resume: {', '.join(differ)} hold(s) other content than the checkpoint was trained on "
+                            f"({path / 'config.yaml'}: {', '.join(f'{k}: {changes[k][0]}' for k in differ)}; compared by "
+                            "the model's config and weights, the corpus's sha256): give those inputs, or use a new "
+                            "--output-dir")
         if refused:
             raise UserError(f"--resume: the config differs from the checkpoint's in {refused} ({path / 'config.yaml'}); "
                             f"resume with the saved config (only {', '.join(RECOVERY_KEYS)} may change) "

@@ -495,10 +495,10 @@ class Engine:
         refused = sorted(k for k in changes if k not in RECOVERY_KEYS and k not in moved)
         if refused and any(k in saved_inputs for k in refused):
             differ = [k for k in refused if k in saved_inputs]
-            raise UserError(f"--resume: {', '.join(differ)} hold(s) other content than the checkpoint was trained on "
-                            f"({path / 'config.yaml'}: {', '.join(f'{k}: {changes[k][0]}' for k in differ)}; compared by "
-                            "the model's config and weights, the corpus's sha256): give those inputs, or use a new "
-                            "--output-dir")
+            raise UserError(f"--resume: the checkpoint {path} was trained on other inputs: "
+                            + "; ".join(f"{k} {changes[k][1]} holds other content than {changes[k][0]}" for k in differ)
+                            + " (a model compared by its config and weights, a corpus by its sha256); give the inputs "
+                            "it was trained on, or use a new --output-dir")
         if refused:
             raise UserError(f"--resume: the config differs from the checkpoint's in {refused} ({path / 'config.yaml'}); "
                             f"resume with the saved config (only {', '.join(RECOVERY_KEYS)} may change) "

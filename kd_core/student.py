@@ -160,7 +160,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
         if not cfg.init_checkpoint or len(cfg.init_layers) != cfg.num_layers:
             raise UserError("student.init=checkpoint needs student.init_checkpoint and student.init_layers "
                              f"with {cfg.num_layers} entries (e.g. 0,2,3,5 of a DistilBERT)")
-        donor = (model_class or AutoModelForMaskedLM).from_pretrained(cfg.init_checkpoint)
+        donor = load_complete(model_class or AutoModelForMaskedLM, cfg.init_checkpoint, "student.init_checkpoint")
         source = donor.state_dict()
         if cfg.arch == "distilbert" and donor.config.model_type == "bert":
             source = bert_to_distilbert(source)

@@ -489,16 +489,18 @@ class Engine:
 
     def _check_config(self, path: Path, saved: dict, saved_inputs: dict[str, str]) -> dict[str, tuple[Any, Any]]:
         """Resuming under a different config would silently mix two runs; only the recovery keys may change, and
-        the path of an input (teacher, corpus) whose content is the same (it was moved)."""
+        the path of an input (teacher, corpus) whose content is the same (it was moved). An input whose content
+        changed under the same path is refused too."""
         changes = config_changes(saved, to_dict(self.run_config))
-        moved = {k for k in changes if k in saved_inputs and saved_inputs[k] == self.inputs.get(k)}
-        refused = sorted(k for k in changes if k not in RECOVERY_KEYS and k not in moved)
-        if refused and any(k in saved_inputs for k in refused):
-            differ = [k for k in refused if k in saved_inputs]
+        differ = sorted(k for k, digest in saved_inputs.items() if self.inputs.get(k) != digest)
+        if differ:
+            current = flatten(to_dict(self.run_config))
             raise UserError(f"--resume: the checkpoint {path} was trained on other inputs: "
-                            + "; ".join(f"{k} {changes[k][1]} holds other content than {changes[k][0]}" for k in differ)
+                            + "; ".join(f"{k} {current.get(k)} holds other content than {flatten(saved).get(k)} did"
+                                        for k in differ)
                             + " (a model compared by its config and weights, a corpus by its sha256); give the inputs "
                             "it was trained on, or use a new --output-dir")
+        refused = sorted(k for k in changes if k not in RECOVERY_KEYS and k not in saved_inputs)
         if refused:
             raise UserError(f"--resume: the config differs from the checkpoint's in {refused} ({path / 'config.yaml'}); "
                             f"resume with the saved config (only {', '.join(RECOVERY_KEYS)} may change) "

@@ -479,6 +479,12 @@ class Engine:
                 continue
             changes = self._check_config(checkpoint.path, yaml_load(checkpoint.config_yaml),
                                          checkpoint.state.get("inputs", {}))
+            unused = sorted(k for k in changes if k in RECOVERY_KEYS and k != "train.max_steps")
+            if checkpoint.state["step"] >= self.cfg.max_steps and unused:
+                # config.yaml would record settings that trained nothing
+                raise UserError(f"--resume: the run finished at step {checkpoint.state['step']}, so {unused} would "
+                                "change nothing that was trained; resume it as it was saved (or raise "
+                                "train.max_steps to train on), or use a new --output-dir")
             self._apply(checkpoint, changes)
             if acc.is_main_process:
                 print(f"resumed from {path} at step {self.step_count}"

@@ -87,9 +87,28 @@ def content_hash(path: str) -> str:
     return "files:" + digest.hexdigest()
 
 
-def input_hashes(run_config: Any) -> dict[str, str]:
+def input_paths(run_config: Any) -> dict[str, str]:
     flat = flatten(to_dict(run_config))
-    return {key: content_hash(flat[key]) for key in INPUT_KEYS if flat.get(key)}
+    return {key: flat[key] for key in INPUT_KEYS if flat.get(key)}
+
+
+def input_hashes(run_config: Any) -> dict[str, str]:
+    return {key: content_hash(path) for key, path in input_paths(run_config).items()}
+
+
+def check_not_an_input(output_dir: Path, run_config: Any) -> None:
+    """A run writes into its dir, and --overwrite (a final/ save too) replaces what a run wrote there: neither may
+    land in a teacher, corpus or other input, nor remove one kept inside a run's entries (a teacher in <dir>/final)."""
+    out = output_dir.resolve()
+    for key, path in input_paths(run_config).items():
+        source = Path(path).resolve()
+        if not Path(path).exists():
+            continue
+        inside_entry = source.is_relative_to(out) and source != out and (
+            source.relative_to(out).parts[0] in RUN_ENTRIES or source.relative_to(out).parts[0].startswith(RUN_PREFIXES))
+        if out == source or out.is_relative_to(source) or inside_entry:
+            raise UserError(f"--output-dir {output_dir} overlaps {key}={path}: the run would write into it or "
+                            "replace it; give an --output-dir outside the run's inputs")
 
 
 def is_main_process() -> bool:
@@ -173,6 +192,7 @@ def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path,
     train: TrainConfig = run_config.train
     if not data.corpus:
         raise UserError("no corpus: set data.corpus to a directory prepared by `python -m kd_core.data prepare`")
+    check_not_an_input(Path(output_dir), run_config)
     with claim_output_dir(output_dir, resume, overwrite) as out:
         stats = read_stats(data.corpus)
         tokenizer = open_tokenizer(data, tokenizer_source)

@@ -412,18 +412,18 @@ class Engine:
     def _mean_losses(self, rows: Sequence, max_batches: int) -> dict[str, float]:
         """{term: mean} over up to `max_batches` global batches of `rows` in order, with fixed masks and samples."""
         acc = self.accelerator
-        batch, micro = self._eval_shape(len(rows))
-        n_batches = min(max_batches, len(rows) // batch) if batch else 0
+        global_batch, micro = self._eval_shape(len(rows))
+        n_batches = min(max_batches, len(rows) // global_batch) if global_batch else 0
         if n_batches == 0:
             return {}
         self.model.eval()
-        loader = iter(self._loader(rows, 0, False, seed=EVAL_SEED, shape=(batch, micro)))
+        loader = iter(self._loader(rows, 0, False, seed=EVAL_SEED, shape=(global_batch, micro)))
         torch.manual_seed(EVAL_SEED)
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for _ in range(n_batches * batch // (micro * acc.num_processes)):
-            batch_ = {k: v.to(acc.device) for k, v in next(loader).items()}
-            terms = self.model(batch_)
+        for _ in range(n_batches * global_batch // (micro * acc.num_processes)):
+            batch = {k: v.to(acc.device) for k, v in next(loader).items()}
+            terms = self.model(batch)
             total, _ = weighted_total(terms, self.loss_weights)
             for k, v in {**terms, "total": total}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()

@@ -3,7 +3,8 @@ a result that used to be silently wrong is now right or one `error:` line; a com
 refused with the file untouched; one that used to end in a traceback is one `error:` line and exit 2.
 
 The cases run two at a time, once per module; each is judged by its exit status, the fragment its output must
-hold, the paths that must be byte for byte as before, and (for the silent ones) a check of the result itself."""
+hold, the paths that must be byte for byte as before, and (for the silent ones) a check of the result itself;
+a command that succeeds prints no transformers load report or load/save progress bars."""
 from __future__ import annotations
 
 import hashlib
@@ -231,6 +232,8 @@ def test_careless_use_is_right_or_one_error_line(careless, case):
         assert len(errors) == 1 and case.says in errors[0], proc.stderr[-3000:]
     else:
         assert not errors and case.says in proc.stdout, proc.stdout[-3000:]
+        noise = [n for n in ("LOAD REPORT", "Loading weights", "Writing model shards") if n in proc.stderr]
+        assert not noise, f"transformers noise on stderr: {noise}"
     assert not changed, f"{changed} changed"
     if case.check:
         where, holds = case.check

@@ -1,4 +1,5 @@
-"""Every CLI fed what a careless user feeds it, through the real command in a subprocess (issue 24):
+"""Every CLI fed what a careless user feeds it, through the real command in a subprocess (issue 24; the
+unwritable-output cases call each CLI's main() in process):
 a result that used to be silently wrong is now right or one `error:` line; a command that used to lose a file is
 refused with the file untouched; one that used to end in a traceback is one `error:` line and exit 2.
 

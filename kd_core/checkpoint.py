@@ -48,6 +48,30 @@ def newest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def progress_without_checkpoint(output_dir: str | Path, first_save_step: int) -> list[str]:
+    """What in a dir without a complete checkpoint shows that a run got past its first checkpoint (so starting
+    from scratch would throw that run away): `final/`, a checkpoint folder renamed or half-committed, or metrics
+    logged after the step where the first checkpoint is written. Empty for a new dir or a run killed before that."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [f"{p.name}/" for p in sorted(root.iterdir())
+             if p.name.startswith(("final", "checkpoint-")) and not p.name.endswith((".tmp", ".deleting"))]
+    metrics = root / "metrics.jsonl"
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.strip()] \
+        if metrics.is_file() else []
+    if steps and max(steps) > first_save_step:
+        found.append(f"metrics.jsonl logs step {max(steps)}, after the first checkpoint at step {first_save_step}")
+    return found
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename a checkpoint so that --resume never picks it, keeping its files: `checkpoint-8.<why>`."""
+    aside = path.with_name(f"{path.name}.{why}")
+    os.replace(path, aside)
+    return aside
+
+
 def prune_checkpoints(output_dir: str | Path, keep: int, up_to_step: int) -> None:
     """Keep the newest `keep` complete checkpoints at or before `up_to_step` (this run's lineage; a
     later one, e.g. a broken checkpoint that --resume skipped, is never removed here) and clear

@@ -3,6 +3,7 @@ line (exit 75), a summary at the end."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable
 
@@ -12,9 +13,24 @@ from .distributed import process_rank
 from .errors import PREEMPTED_EXIT, Preempted, UserError, one_line
 
 
+# a path the user cannot write (or read), or a full or read-only disk: theirs to fix, in every command
+USER_FIXABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def quiet_transformers() -> None:
+    """No load report and no progress bar at every model load and save: our loaders check what a checkpoint
+    lacks themselves (`kd_core.student.load_complete`) and say it in one line."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def exit_code_of(work: Callable[[], object]) -> int:
     """0 when `work` returns; 2 with one `error: ...` line for a UserError (printed by the main process alone
-    when every process raised it); 75 with one line for a signal that stopped the run; anything else propagates."""
+    when every process raised it) or an unwritable/full path; 75 with one line for a signal that stopped the run;
+    anything else propagates."""
+    quiet_transformers()
     try:
         work()
     except UserError as e:
@@ -25,6 +41,13 @@ def exit_code_of(work: Callable[[], object]) -> int:
         if process_rank() == 0:
             print(f"stopped: {one_line(e)}", file=sys.stderr)
         return PREEMPTED_EXIT
+    except OSError as e:
+        if e.errno not in USER_FIXABLE_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or one_line(e)}; choose a path you can write (check its permissions "
+              "and free space) and run the command again", file=sys.stderr)
+        return 2
     return 0
 
 

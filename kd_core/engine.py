@@ -29,8 +29,8 @@ from accelerate.utils import GradientAccumulationPlugin
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from .checkpoint import (CorruptCheckpoint, complete_checkpoints, prune_checkpoints, read_checkpoint, write_checkpoint,
-                         write_shard)
+from .checkpoint import (CorruptCheckpoint, complete_checkpoints, progress_without_checkpoint, prune_checkpoints,
+                         read_checkpoint, set_aside, write_checkpoint, write_shard)
 from .distributed import accelerator_cpu_flag, agree, deepspeed_requested, gather, process_state
 from .families import family_of
 from .files import atomic_dir, atomic_write_text, commit_dir, staging_dir
@@ -38,6 +38,7 @@ from .config import ConfigError, check_ranges, dump_config, flatten, out_of_rang
 from .errors import Preempted, SharedError, UserError
 from .metrics_log import MetricsLog, StepAggregate
 from .objective import Objective, weighted_total
+from .precision import resolve as resolve_precision
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .preemption import StopSignals
 from .sampler import MODEL, Collate, GlobalBatchSampler, check_batch_split, micro_batch_seed, seeded_loader
@@ -60,7 +61,7 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping; the norm is logged either way
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "no"  # auto: bf16 where native (kd_core/precision.py)
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end (when there is held-out data)
     eval_batches: int = 20
@@ -128,31 +129,34 @@ class Engine:
 
     def __init__(self, train: TrainConfig, objective: Objective,
                  train_rows: Sequence, collate: Collate, output_dir: str | Path, run_config: Any,
-                 tokenizer=None, eval_rows: Sequence | None = None, resume: bool = False):
+                 tokenizer=None, eval_rows: Sequence | None = None, resume: bool = False,
+                 inputs: dict[str, str] | None = None):
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
         check_ranges(train, "train")  # configs built in Python skip the check that loading does
         self.cfg, self.loss_weights = train, dict(objective.weights)
         self.output_dir = Path(output_dir)
         self.run_config, self.tokenizer = run_config, tokenizer
         self.train_rows, self.eval_rows, self.collate = train_rows, eval_rows, collate
+        self.inputs = dict(inputs or {})  # {config key: content hash} of the run's inputs (teacher, corpus, ...)
         # accelerate keeps one precision per process; engines run one after another (distil, then fine-tune)
         # may differ, so reset it (the distributed PartialState is kept)
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
         world = process_state().num_processes
         check_batch_split(train.batch_size, train.micro_batch_size, world)
+        self.precision, why = resolve_precision(train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
         launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-        if launcher not in ("no", train.mixed_precision):  # accelerate would take the run config's, silently
+        if launcher not in ("no", self.precision):  # accelerate would take the run config's, silently
             raise ConfigError(f"accelerate launch --mixed_precision {launcher} (or its config file) and "
-                              f"train.mixed_precision={train.mixed_precision} differ: the run's precision is "
-                              f"train.mixed_precision; use --set train.mixed_precision={launcher}")
+                              f"train.mixed_precision={train.mixed_precision} ({self.precision} here) differ: the run's "
+                              f"precision is train.mixed_precision; use --set train.mixed_precision={launcher}")
         # under DeepSpeed, accumulation is DeepSpeed's (it scales the loss and steps at the last micro-batch);
         # the plugin also keeps accelerate from reading a launcher's value from the environment
         steps = self._accumulation(world) if deepspeed_requested() else 1
-        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=accelerator_cpu_flag(),
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=accelerator_cpu_flag(),
                                        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=steps))
         acc = self.accelerator
-        if train.mixed_precision == "fp16" and acc.device.type == "cpu":
+        if self.precision == "fp16" and acc.device.type == "cpu":
             # accelerate would silently train in fp32 here: refuse instead of a no-op flag
             raise ConfigError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
         self.deepspeed = acc.state.deepspeed_plugin is not None
@@ -172,15 +176,15 @@ class Engine:
         self._frozen_fp32 = {id(p): p.detach().float().clone() for name, p in objective.named_parameters()
                              if self.deepspeed and not p.requires_grad and not name.startswith("teacher.")}
         self.model, self.optimizer = acc.prepare(objective, optimizer)
-        if train.teacher_half and objective.teacher is not None and train.mixed_precision != "no":
-            objective.teacher.to(torch.bfloat16 if train.mixed_precision == "bf16" else torch.float16)
+        if train.teacher_half and objective.teacher is not None and self.precision != "no":
+            objective.teacher.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         if train.compile:
             for model in (objective.student, objective.teacher):
                 if model is not None:
                     model.base_model.compile()
 
         if acc.is_main_process:
-            print(f"engine: {acc.num_processes} process(es) on {acc.device}, precision {train.mixed_precision}, "
+            print(f"engine: {acc.num_processes} process(es) on {acc.device}, precision {self.precision} ({why}), "
                   f"global batch {train.batch_size} = {train.micro_batch_size} x {self.accumulation} accumulation "
                   f"x {acc.num_processes} process(es)")
         self.step_count = 0
@@ -188,6 +192,11 @@ class Engine:
         # its last checkpoint: work a crash threw away is not counted)
         self.counts = {"skipped_overflow": 0, "skipped_nonfinite": 0, "consecutive_nonfinite": 0,
                        "tokens_seen": 0, "wall_s": 0.0}
+        if eval_rows is not None and acc.is_main_process and len(eval_rows) < train.batch_size:
+            batch, _ = self._eval_shape(len(eval_rows))
+            print(f"note: the held-out split has {len(eval_rows)} rows, fewer than one global batch "
+                  f"({train.batch_size}): " + (f"evaluated in batches of {batch}" if batch else
+                                                "too few for the processes; no eval/loss will be logged"))
         recovered = self.resume() if resume else None
         self._wall_origin = time.perf_counter() - self.counts["wall_s"]
         if acc.is_main_process:
@@ -229,10 +238,12 @@ class Engine:
                                   f"remove {key} from the accelerate/DeepSpeed config (or set it to auto)")
             ds[key] = value
 
-    def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int):
+    def _loader(self, rows: Sequence, start_batch: int, shuffle: bool, seed: int,
+                shape: tuple[int, int] | None = None):
         acc = self.accelerator
+        batch, micro = shape or (self.cfg.batch_size, self.cfg.micro_batch_size)
         lengths = rows.lengths() if self.cfg.group_by_length and shuffle else None
-        sampler = GlobalBatchSampler(len(rows), self.cfg.batch_size, self.cfg.micro_batch_size,
+        sampler = GlobalBatchSampler(len(rows), batch, micro,
                                      acc.process_index, acc.num_processes, seed, start_batch, shuffle, lengths)
         return seeded_loader(rows, self.collate, sampler, self.cfg.num_workers, acc.device.type == "cuda")
 
@@ -310,6 +321,7 @@ class Engine:
         t_last = time.perf_counter()
         # a run that can be resumed stops on SIGTERM/SIGINT at the end of a step, with a checkpoint
         signals = StopSignals() if self._resumable else None
+        start = self.step_count
         try:
             with signals or contextlib.nullcontext():
                 while self.step_count < cfg.max_steps:
@@ -336,10 +348,14 @@ class Engine:
                     bar.update(1)
         finally:
             bar.close()
-        if self.eval_rows is not None and not (cfg.eval_every and self.step_count % cfg.eval_every == 0):
+        ran = self.step_count > start  # a finished run resumed trains nothing: its eval row and checkpoint stand
+        if not ran and acc.is_main_process:
+            print(f"the run had already finished at step {self.step_count}; nothing to train")
+        if ran and self.eval_rows is not None and not (cfg.eval_every and self.step_count % cfg.eval_every == 0):
             last_logged.update(self.evaluate())
         if cfg.save_at_end:
-            self.save_checkpoint()
+            if ran:
+                self.save_checkpoint()
             self.save_final()
         if acc.is_main_process:
             self.log.close()
@@ -389,26 +405,86 @@ class Engine:
                        f"(train.max_consecutive_nonfinite={limit}).")
             if not self._resumable:
                 raise NonFiniteLossError(f"{stopped} Lower the learning rate or check the data.")
-            # skipped steps change nothing, so these parameters are those after the last applied update
-            path = self.save_checkpoint()
+            # skipped steps change nothing, so these parameters are those after the last applied update; but that
+            # update may itself have broken the model (finite, yet every forward non-finite): look before saving
+            kept = f"The parameters of step {self.step_count - n} (nothing was applied since)"
+            how = (f"--resume with e.g. --set train.lr=<lower> or train.max_grad_norm=<lower> (--resume accepts "
+                   f"changes to {', '.join(RECOVERY_KEYS)})")
+            where, loss = self._probe()
+            if math.isfinite(loss):
+                path = self.save_checkpoint()
+                raise NonFiniteLossError(
+                    f"{stopped} {kept} evaluate finite ({where} loss {loss:.4g}) and are saved in {path}. To continue, "
+                    f"check the data or use bf16 instead of fp16, then {how}.")
+            good, moved = self._newest_finite_checkpoint()
+            aside = f" (checkpoints that do not evaluate finite were renamed: {', '.join(moved)})" if moved else ""
+            if good is None:
+                raise NonFiniteLossError(
+                    f"{stopped} {kept} do not evaluate finite ({where} loss {loss:.4g}) and were not saved, and no "
+                    f"checkpoint of this run does{aside}: nothing to resume. Start again with --overwrite and a lower "
+                    "train.lr (or train.max_grad_norm), or check the data.")
             raise NonFiniteLossError(
-                f"{stopped} The parameters of step {self.step_count - n} (finite; nothing was applied since) are "
-                f"saved in {path}. To continue, check the data or use bf16 instead of fp16, then --resume with e.g. "
-                f"--set train.lr=<lower> or train.max_grad_norm=<lower> (--resume accepts changes to "
-                f"{', '.join(RECOVERY_KEYS)}).")
+                f"{stopped} {kept} do not evaluate finite ({where} loss {loss:.4g}) and were not saved; the newest "
+                f"checkpoint that does is {good[0]} ({where} loss {good[1]:.4g}){aside}. To continue from it, {how}.")
 
-    @torch.no_grad()
+    def _probe(self) -> tuple[str, float]:
+        """("held-out" or "training", mean total loss of the current parameters on the fixed held-out batches, or
+        on the first training rows when there is no held-out split)."""
+        rows, where = (self.eval_rows, "held-out") if self.eval_rows is not None else (self.train_rows, "training")
+        return where, self._mean_losses(rows, max(1, self.cfg.eval_batches)).get("total", math.nan)
+
+    def _newest_finite_checkpoint(self) -> tuple[tuple[Path, float] | None, list[str]]:
+        """The newest checkpoint of this run whose parameters evaluate finite (loaded into the live objective: the
+        run is ending) and its loss; newer ones that do not are renamed `<name>.nonfinite` (kept, but never resumed)."""
+        moved = []
+        for step, path in reversed(complete_checkpoints(self.output_dir)):
+            if step > self.step_count:
+                continue
+            try:
+                checkpoint = read_checkpoint(path, type(self.objective.student), ["extras"])
+            except CorruptCheckpoint:
+                continue
+            self.objective.student.load_state_dict(checkpoint.student)
+            self.objective.load_state_dict(checkpoint.objects["extras"], strict=False)
+            _, loss = self._probe()
+            if math.isfinite(loss):
+                return (path, loss), moved
+            if self.accelerator.is_main_process:
+                moved.append(set_aside(path, "nonfinite").name)
+            self.accelerator.wait_for_everyone()
+        return None, moved
+
+    def _eval_shape(self, n_rows: int) -> tuple[int, int]:
+        """(global batch, micro-batch) for held-out rows: the training ones, or smaller when the split holds fewer
+        rows than one global batch (0, 0: fewer rows than processes)."""
+        cfg, world = self.cfg, self.accelerator.num_processes
+        if n_rows >= cfg.batch_size:
+            return cfg.batch_size, cfg.micro_batch_size
+        micro = min(cfg.micro_batch_size, n_rows // world)
+        return (micro * world * min(self.accumulation, n_rows // max(micro * world, 1)), micro) if micro else (0, 0)
+
     def evaluate(self) -> dict[str, float]:
         """Mean of every loss term over the held-out rows (fixed masks and samples: comparable over time)."""
+        means = self._mean_losses(self.eval_rows, self.cfg.eval_batches)
+        record = {f"eval/loss/{k}": v for k, v in means.items()}
+        if record and self.accelerator.is_main_process:
+            self.log.log(self.step_count, record)
+        return record
+
+    @torch.no_grad()
+    def _mean_losses(self, rows: Sequence, max_batches: int) -> dict[str, float]:
+        """{term: mean} over up to `max_batches` global batches of `rows` in order, with fixed masks and samples."""
         acc = self.accelerator
-        self.model.eval()
-        n_batches = min(self.cfg.eval_batches, len(self.eval_rows) // self.cfg.batch_size)
+        global_batch, micro = self._eval_shape(len(rows))
+        n_batches = min(max_batches, len(rows) // global_batch) if global_batch else 0
         if n_batches == 0:
             return {}
-        loader = iter(self._loader(self.eval_rows, 0, False, seed=EVAL_SEED))
+        self.model.eval()
+        loader = iter(self._loader(rows, 0, False, seed=EVAL_SEED, shape=(global_batch, micro)))
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for b, i in itertools.product(range(n_batches), range(self.accumulation)):
+        per_process = global_batch // (micro * acc.num_processes)
+        for b, i in itertools.product(range(n_batches), range(per_process)):
             # seeded per micro-batch as in training, so the result does not depend on the process count
             torch.manual_seed(micro_batch_seed(EVAL_SEED, b, acc.process_index + i * acc.num_processes, MODEL))
             batch = {k: v.to(acc.device) for k, v in next(loader).items()}
@@ -417,11 +493,8 @@ class Engine:
             for k, v in {**terms, "total": total}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
             count += 1
-        record = {f"eval/loss/{k}": float(acc.reduce(v / count, "mean")) for k, v in sums.items()}
-        if acc.is_main_process:
-            self.log.log(self.step_count, record)
         self.model.train()
-        return record
+        return {k: float(acc.reduce(v / count, "mean")) for k, v in sums.items()}
 
     # ---- checkpoints --------------------------------------------------------------------------
     def _master_weights(self) -> dict[int, torch.Tensor]:
@@ -448,7 +521,9 @@ class Engine:
         master = self._master_weights()
         weights = self._state_of(self.objective, master)
         if acc.is_main_process:
-            broken = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+            student_state = self._state_of(self.objective.student, master)  # not the teacher
+            saved = {**student_state, **self.objective.extras_state_dict(weights)}
+            broken = [k for k, v in saved.items() if v.is_floating_point() and not v.isfinite().all()]
             if broken:  # never store a NaN model as a state to resume from
                 raise RuntimeError(f"step {self.step_count}: non-finite values in {broken[:5]}; checkpoint not written")
             atomic_dir(final)
@@ -464,10 +539,10 @@ class Engine:
                 objects["scaler"] = acc.scaler.state_dict()
             self._wall()
             state = {"step": self.step_count, "epoch": self._epoch(), "data_position": self.step_count,
-                     "world_size": acc.num_processes, **self.counts}
+                     "world_size": acc.num_processes, **self.counts, "inputs": self.inputs}
             student = self.objective.student
             write_checkpoint(staging_dir(final), final, student, self.tokenizer, objects, self.config_text(), state,
-                             self._state_of(student, master) if master else None)
+                             student_state if master else None)
             prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints, self.step_count)
         acc.wait_for_everyone()
         return final
@@ -480,6 +555,11 @@ class Engine:
         agree([step for step, _ in found], f"--resume: the processes see different checkpoints in {self.output_dir}; "
                                            "it must be on a filesystem shared by all nodes")
         if not found:
+            first_save = self.cfg.save_every or self.cfg.max_steps
+            if progress := progress_without_checkpoint(self.output_dir, first_save):
+                raise UserError(f"--resume: {self.output_dir} holds a run ({'; '.join(progress)}) but no complete "
+                                "checkpoint (checkpoint-<step>/ with trainer_state.json) to continue from; restore its "
+                                "checkpoint, or start again with --overwrite (or in a new --output-dir)")
             if acc.is_main_process:
                 print(f"--resume: no complete checkpoint in {self.output_dir}; starting from scratch")
             return None
@@ -498,7 +578,14 @@ class Engine:
                         print(f"warning: --resume skips a broken checkpoint: {e}")
                 continue
             self._check_layout(checkpoint)
-            changes = self._check_config(checkpoint.path, yaml_load(checkpoint.config_yaml))
+            changes = self._check_config(checkpoint.path, yaml_load(checkpoint.config_yaml),
+                                         checkpoint.state.get("inputs", {}))
+            unused = sorted(k for k in changes if k in RECOVERY_KEYS and k != "train.max_steps")
+            if checkpoint.state["step"] >= self.cfg.max_steps and unused:
+                # config.yaml would record settings that trained nothing
+                raise UserError(f"--resume: the run finished at step {checkpoint.state['step']}, so {unused} would "
+                                "change nothing that was trained; resume it as it was saved (or raise "
+                                "train.max_steps to train on), or use a new --output-dir")
             self._apply(checkpoint, changes)
             if acc.is_main_process:
                 print(f"resumed from {path} at step {self.step_count}"
@@ -516,10 +603,20 @@ class Engine:
             raise SharedError(f"--resume: {checkpoint.path} was written {written}; resume it the same way "
                               f"({f'DeepSpeed, {saved} processes' if sharded else 'without DeepSpeed, any process count'})")
 
-    def _check_config(self, path: Path, saved: dict) -> dict[str, tuple[Any, Any]]:
-        """Resuming under a different config would silently mix two runs; only the recovery keys may change."""
+    def _check_config(self, path: Path, saved: dict, saved_inputs: dict[str, str]) -> dict[str, tuple[Any, Any]]:
+        """Resuming under a different config would silently mix two runs; only the recovery keys may change, and
+        the path of an input (teacher, corpus) whose content is the same (it was moved). An input whose content
+        changed under the same path is refused too."""
         changes = config_changes(saved, to_dict(self.run_config))
-        refused = sorted(k for k in changes if k not in RECOVERY_KEYS)
+        differ = sorted(k for k, digest in saved_inputs.items() if self.inputs.get(k) != digest)
+        if differ:
+            current = flatten(to_dict(self.run_config))
+            raise UserError(f"--resume: the checkpoint {path} was trained on other inputs: "
+                            + "; ".join(f"{k} {current.get(k)} holds other content than {flatten(saved).get(k)} did"
+                                        for k in differ)
+                            + " (a model compared by its config and weights, a corpus by its sha256); give the inputs "
+                            "it was trained on, or use a new --output-dir")
+        refused = sorted(k for k in changes if k not in RECOVERY_KEYS and k not in saved_inputs)
         if refused:
             raise SharedError(f"--resume: the config differs from the checkpoint's in {refused} ({path / 'config.yaml'}); "
                             f"resume with the saved config (only {', '.join(RECOVERY_KEYS)} may change) "

@@ -76,3 +76,26 @@ def remove_dir(path: Path) -> None:
 def seed_run_dirs(run_dir: Path, seeds: int) -> list[Path]:
     """The run directories of `seeds` distillation seeds of one row: run_dir, then <run_dir>_seed1, ..."""
     return [run_dir] + [run_dir.with_name(f"{run_dir.name}_seed{k}") for k in range(1, seeds)]
+def check_model_output(output: str | Path, inputs: dict[str, str | Path], overwrite: bool,
+                       markers: tuple[str, ...]) -> Path:
+    """An output folder that is new, or (with --overwrite) one this command wrote before (it holds one of
+    `markers`); never an input (`{flag: path}`), a folder holding one, or any other existing file or folder:
+    --overwrite deletes what it replaces."""
+    from .errors import UserError
+
+    out = Path(output)
+    for flag, source in inputs.items():
+        a, b = out.resolve(), Path(source).resolve()
+        if Path(source).exists() and (a == b or a in b.parents or b in a.parents):
+            raise UserError(f"--output {output} overlaps {flag} {source} (one is, or is inside, the other); "
+                            "give a new directory beside it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {output} is a file; give a directory")
+    if out.exists():
+        if any(out.iterdir()) and not any((out / name).is_file() for name in markers):
+            held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+            raise UserError(f"--output {output} holds something else ({held}), not a model this command wrote "
+                            f"(no {' or '.join(markers)}); give a new directory")
+        if not overwrite:
+            raise UserError(f"--output {output} already exists; give a new directory or --overwrite to replace it")
+    return out

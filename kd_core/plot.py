@@ -32,6 +32,11 @@ def pyplot():
 
 def save(fig, output: str | Path) -> Path:
     output = Path(output)
+    kinds = fig.canvas.get_supported_filetypes()
+    if output.suffix.lstrip(".").lower() not in kinds or output.is_dir():
+        # matplotlib picks the format from the suffix: `--output run/metrics.jsonl` must not replace the metrics
+        raise UserError(f"--output {output}: give an image file to write, ending in .png, .pdf or .svg "
+                        f"(one of .{', .'.join(sorted(kinds))})")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp" + output.suffix)
     fig.savefig(tmp, dpi=120, bbox_inches="tight")

@@ -8,6 +8,7 @@ masking collator, the engine, and the models saved beside `final/`.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -23,11 +24,12 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from .checkpoint import seed_everything
+from .config import ConfigError, flatten, to_dict
 from .families import family_of
-from .config import ConfigError
 from .distributed import agree, on_main, process_state
 from .files import atomic_write_text
 from .data import MaskingCollator, MaskingConfig, open_corpus, read_stats
+from .data.store import STATS_FILE
 from .engine import Engine, TrainConfig
 from .errors import UserError, one_line
 from .objective import Objective
@@ -37,6 +39,9 @@ LOCK_FILE = ".lock"
 # what a run writes into its output dir: present means the dir holds a run, and --overwrite removes these
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "tb", "final", "student_init.json", "generator")
 RUN_PREFIXES = ("checkpoint-", "final.", "config.yaml.", "metrics.jsonl.")
+# config keys naming a run's inputs: --resume compares what they hold, not their paths (a teacher may move)
+INPUT_KEYS = ("teacher", "generator.path", "model.init", "student.init_checkpoint", "data.corpus", "data.tokenizer")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 @dataclass
@@ -62,6 +67,50 @@ def run_entries(output_dir: Path) -> list[str]:
         return []
     return sorted(p.name for p in output_dir.iterdir()
                   if p.name in RUN_ENTRIES or p.name.startswith(RUN_PREFIXES))
+
+
+def content_hash(path: str) -> str:
+    """What an input holds: a prepared corpus by its splits' sha256 and vocabulary, a model folder by its
+    config.json and weight files, any other folder by its files; a hub name by its name."""
+    root = Path(path)
+    if (root / STATS_FILE).is_file():
+        stats = read_stats(root)
+        return "corpus:" + json.dumps([stats["vocab_hash"], stats["max_len"], stats["splits"]], sort_keys=True)
+    if not root.is_dir():
+        return f"name:{path}"
+    files = sorted(p for p in root.iterdir() if p.is_file() and (
+        not (root / "config.json").is_file() or p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return "files:" + digest.hexdigest()
+
+
+def input_paths(run_config: Any) -> dict[str, str]:
+    flat = flatten(to_dict(run_config))
+    return {key: flat[key] for key in INPUT_KEYS if flat.get(key)}
+
+
+def input_hashes(run_config: Any) -> dict[str, str]:
+    return {key: content_hash(path) for key, path in input_paths(run_config).items()}
+
+
+def check_not_an_input(output_dir: Path, run_config: Any) -> None:
+    """A run writes into its dir, and --overwrite (a final/ save too) replaces what a run wrote there: neither may
+    land in a teacher, corpus or other input, nor remove one kept inside a run's entries (a teacher in <dir>/final)."""
+    out = output_dir.resolve()
+    for key, path in input_paths(run_config).items():
+        source = Path(path).resolve()
+        if not Path(path).exists():
+            continue
+        inside_entry = source.is_relative_to(out) and source != out and (
+            source.relative_to(out).parts[0] in RUN_ENTRIES or source.relative_to(out).parts[0].startswith(RUN_PREFIXES))
+        if out == source or out.is_relative_to(source) or inside_entry:
+            raise UserError(f"--output-dir {output_dir} overlaps {key}={path}: the run would write into it or "
+                            "replace it; give an --output-dir outside the run's inputs")
 
 
 def _holder(lock_path: Path) -> str:
@@ -167,6 +216,7 @@ def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path,
         raise ConfigError("no corpus: set data.corpus to a directory prepared by `python -m kd_core.data prepare`")
     state = process_state()
     check_batch_split(train.batch_size, train.micro_batch_size, state.num_processes)  # before the dir is touched
+    check_not_an_input(Path(output_dir), run_config)
     with claim_output_dir(output_dir, resume, overwrite) as out:
         stats = read_stats(data.corpus)
         tokenizer = open_tokenizer(data, tokenizer_source)
@@ -180,8 +230,12 @@ def launch(run_config: Any, build: Callable[[Any], Job], output_dir: str | Path,
         if job.init_report and state.is_main_process:
             atomic_write_text(out / "student_init.json", json.dumps(job.init_report, indent=1))
         collate = MaskingCollator.for_corpus(masking, tokenizer, data.corpus)
-        engine = Engine(train, job.objective, train_rows, collate, out, run_config,
-                        tokenizer=tokenizer, eval_rows=valid_rows if len(valid_rows) else None, resume=resume)
+        if not len(valid_rows) and state.is_main_process:
+            print(f"note: the corpus {data.corpus} has no held-out rows (prepared with --valid-fraction 0, or too "
+                  "small for its share): no eval/loss will be logged")
+        engine = Engine(train, job.objective, train_rows, collate, out, run_config, tokenizer=tokenizer,
+                        eval_rows=valid_rows if len(valid_rows) else None, resume=resume,
+                        inputs=input_hashes(run_config))
         summary = engine.fit()
         for name, model in job.save_beside.items():
             engine.save_pretrained(model, out / name)

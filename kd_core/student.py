@@ -123,7 +123,16 @@ def load_complete(model_class, name_or_path: str, role: str, new_head: bool = Fa
         raise UserError(f"the {role} '{name_or_path}' lacks {len(missing)} weights a {model.__class__.__name__} needs "
                         f"(e.g. {sorted(missing)[0]}; it is a '{model.config.model_type}' checkpoint): give a "
                         f"complete {model.__class__.__name__} checkpoint")
+    check_finite_weights(model, role, name_or_path)
     return model
+
+
+def check_finite_weights(model: nn.Module, role: str, name_or_path: str) -> None:
+    """A NaN or inf in a loaded model (a teacher's frozen layer, say) would poison every loss far from its cause."""
+    broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise UserError(f"the {role} '{name_or_path}' has non-finite (NaN or inf) weights in {len(broken)} tensor(s), "
+                        f"e.g. {', '.join(broken[:3])}: it is broken; give a finite checkpoint (an earlier one)")
 
 
 def load_masked_lm(name_or_path: str, new_head: bool = False) -> nn.Module:
@@ -151,7 +160,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, model_class=None) -> t
         if not cfg.init_checkpoint or len(cfg.init_layers) != cfg.num_layers:
             raise UserError("student.init=checkpoint needs student.init_checkpoint and student.init_layers "
                              f"with {cfg.num_layers} entries (e.g. 0,2,3,5 of a DistilBERT)")
-        donor = (model_class or AutoModelForMaskedLM).from_pretrained(cfg.init_checkpoint)
+        donor = load_complete(model_class or AutoModelForMaskedLM, cfg.init_checkpoint, "student.init_checkpoint")
         source = donor.state_dict()
         if cfg.arch == "distilbert" and donor.config.model_type == "bert":
             source = bert_to_distilbert(source)

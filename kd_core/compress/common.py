@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ..errors import UserError, one_line
 from ..families import family_of
-from ..files import atomic_dir, commit_dir
+from ..files import atomic_dir, check_model_output, commit_dir
 from ..student import load_complete
 from .structure import is_stock_loadable, load_pruned
 
@@ -51,17 +51,7 @@ REPORTS = ("pruning.json", "quantization.json")  # what marks a directory these 
 def check_output(output: str, overwrite: bool, model: str) -> Path:
     """The output directory: new, or (--overwrite) one that prune/quantize wrote before; never the input model,
     a folder holding it, or any other existing folder (--overwrite deletes what it replaces)."""
-    out, source = Path(output).resolve(), Path(model).resolve()
-    if out == source or out in source.parents or source in out.parents:
-        raise UserError(f"--output {output} overlaps --model {model}; give a new directory beside it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {output} is a file; give a directory")
-    if out.exists() and not overwrite:
-        raise UserError(f"--output {output} already exists; give a new directory or --overwrite to replace it")
-    if out.exists() and not any((out / name).is_file() for name in REPORTS):
-        raise UserError(f"--output {output} is not a model this command wrote (no {' or '.join(REPORTS)}); "
-                        "--overwrite only replaces those: give a new directory")
-    return Path(output)
+    return check_model_output(output, {"--model": model}, overwrite, REPORTS)
 
 
 @contextmanager

@@ -33,6 +33,8 @@ from .store import (STATS_FILE, RowWriter, is_prepared_dataset, npy_bytes, token
 SPLITS = ("train", "valid")
 # what a run killed before its rename leaves in <output>.tmp: such a folder may be deleted
 LEFTOVER_NAMES = frozenset({*SPLITS, "token_counts.npy", STATS_FILE})
+# an English corpus under bert-base-uncased has well under 0.1% [UNK]
+WARN_UNKNOWN_SHARE, MAX_UNKNOWN_SHARE = 0.05, 0.5
 
 
 @dataclass
@@ -67,7 +69,25 @@ def load_tokenizer(name_or_path: str):
     if not tok.is_fast:
         raise UserError(f"tokenizer '{name_or_path}' is not a fast (Rust) tokenizer; corpus preparation needs one: "
                         "give a folder with a tokenizer.json")
+    if set(tok.get_vocab()) <= set(tok.all_special_tokens) | set(tok.added_tokens_encoder):
+        # transformers builds such a tokenizer from a bare tokenizer_config.json: every word would be [UNK]
+        raise UserError(f"tokenizer '{name_or_path}' has no vocabulary, only its {len(tok)} special tokens (no "
+                        "vocab.txt, vocab.json or tokenizer.json was found): give the folder the tokenizer was saved "
+                        "to with save_pretrained")
     return tok
+
+
+def check_unknown_share(tokenizer, token_counts: np.ndarray) -> float:
+    """The share of training tokens that are [UNK]; more than half means the tokenizer does not fit the text."""
+    unk = tokenizer.unk_token_id
+    share = float(token_counts[unk] / max(token_counts.sum(), 1)) if unk is not None else 0.0
+    if share > MAX_UNKNOWN_SHARE:
+        raise UserError(f"{share:.0%} of the tokens are {tokenizer.unk_token}: tokenizer '{tokenizer.name_or_path}' "
+                        "does not fit this text (another language or script?); give the tokenizer the model was "
+                        "trained with")
+    if share > WARN_UNKNOWN_SHARE:
+        print(f"warning: {share:.1%} of the tokens are {tokenizer.unk_token} (recorded as unk_share in stats.json)")
+    return share
 
 
 def check_max_len(tokenizer, max_len: int) -> None:
@@ -238,6 +258,7 @@ def write_dataset(cfg: PrepareConfig, files: list[Path], tokenizer, tmp: Path, t
             pool.terminate()
     if writers["train"].n_rows == 0:
         raise no_rows_error(cfg, files, cleaner.counts, writers["valid"].n_rows)
+    unk_share = check_unknown_share(tokenizer, token_counts)
     write_durably(tmp / "token_counts.npy", npy_bytes(token_counts))
 
     n_rows = sum(w.n_rows for w in writers.values())
@@ -253,6 +274,7 @@ def write_dataset(cfg: PrepareConfig, files: list[Path], tokenizer, tmp: Path, t
         "rows": n_rows,
         "tokens": n_tokens,
         "mean_row_length": n_tokens / max(n_rows, 1),
+        "unk_share": unk_share,
         "splits": {s: w.stats() for s, w in writers.items()},
         "cleaning": asdict(cleaner.counts),
         "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in files],

@@ -1,12 +1,14 @@
 """GLUE examples from a local folder in the standard layout, or from the `nyu-mll/glue` hub dataset."""
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from .tasks import Task
 
 csv.field_size_limit(sys.maxsize)
@@ -54,11 +56,27 @@ def _no_examples(path: Path) -> GlueFormatError:
                            "restore it from the GLUE download")
 
 
+def tsv_text(path: Path) -> str:
+    """The file's text: UTF-8 (the GLUE download's), or UTF-16 with its byte-order mark (what some editors save);
+    any other encoding is refused naming the line, since guessing one would silently change the examples."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        kind = "UTF-16 without a byte-order mark" if b"\x00" in data[:e.end + 1] else "not UTF-8 (latin-1?)"
+        raise GlueFormatError(f"{path}:{line}: the file is {kind}: byte 0x{data[e.start]:02x} is not UTF-8; GLUE "
+                              f"files are UTF-8: convert it (e.g. iconv -f latin1 -t utf-8) or restore it from the "
+                              "GLUE download") from None
+
+
 def read_tsv(task: Task, glue_dir: str | Path, split: str) -> list[Example]:
     """Examples of `split` (train, dev, dev_matched, ...) from <glue_dir>/<Task folder>/<split>.tsv."""
     path = tsv_path(task, glue_dir, split)
     examples = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(tsv_text(path), newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None) if task.header else None
         if task.header and header is None:
@@ -91,7 +109,12 @@ def read_hub(task: Task, split: str) -> list[Example]:
 
     hf_split = {"dev": "validation", "dev_matched": "validation_matched",
                 "dev_mismatched": "validation_mismatched"}.get(split, split)
-    ds = datasets.load_dataset("nyu-mll/glue", task.hf_config, split=hf_split)
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", task.hf_config, split=hf_split)
+    except (OSError, datasets.exceptions.DatasetsError) as e:  # offline, no such split, unreachable hub
+        raise UserError(f"cannot load GLUE {task.name} ({split}) from the Hugging Face Hub dataset nyu-mll/glue "
+                        f"({type(e).__name__}: {one_line(e)}); offline, give --glue-dir with the GLUE files "
+                        f"(<glue-dir>/{task.folder}/{split}.tsv)") from e
     a_col, b_col = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
                     "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
                     "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),

@@ -32,6 +32,7 @@ from .config import check_ranges, dump_config, flatten, out_of_range, to_dict, y
 from .errors import UserError
 from .metrics_log import MetricsLog, StepAggregate
 from .objective import Objective, weighted_total
+from .precision import resolve as resolve_precision
 from .optim import build_optimizer, build_scheduler, warmup_steps
 from .sampler import MODEL, Collate, GlobalBatchSampler, micro_batch_seed, seeded_loader
 
@@ -53,7 +54,7 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping; the norm is logged either way
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "no"  # auto: bf16 where native (kd_core/precision.py)
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end (when there is held-out data)
     eval_batches: int = 20
@@ -133,9 +134,10 @@ class Engine:
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
         # cpu=True is what makes accelerate run multi-process CPU (gloo) under torchrun / accelerate launch
-        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available())
+        self.precision, why = resolve_precision(train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
         acc = self.accelerator
-        if train.mixed_precision == "fp16" and acc.device.type == "cpu":
+        if self.precision == "fp16" and acc.device.type == "cpu":
             # accelerate would silently train in fp32 here: refuse instead of a no-op flag
             raise UserError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -153,15 +155,15 @@ class Engine:
             acc.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=train.micro_batch_size, gradient_accumulation_steps=self.accumulation)
         self.model, self.optimizer = acc.prepare(objective, optimizer)
-        if train.teacher_half and objective.teacher is not None and train.mixed_precision != "no":
-            objective.teacher.to(torch.bfloat16 if train.mixed_precision == "bf16" else torch.float16)
+        if train.teacher_half and objective.teacher is not None and self.precision != "no":
+            objective.teacher.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         if train.compile:
             for model in (objective.student, objective.teacher):
                 if model is not None:
                     model.base_model.compile()
 
         if acc.is_main_process:
-            print(f"engine: {acc.num_processes} process(es) on {acc.device}, precision {train.mixed_precision}, "
+            print(f"engine: {acc.num_processes} process(es) on {acc.device}, precision {self.precision} ({why}), "
                   f"global batch {train.batch_size} = {train.micro_batch_size} x {self.accumulation} accumulation "
                   f"x {acc.num_processes} process(es)")
         self.step_count = 0

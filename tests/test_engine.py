@@ -301,3 +301,13 @@ def test_resume_refuses_a_different_config(tiny_corpus, tmp_path):
                      resume=True)
     pretrain.run(tiny_pretrain_config(tiny_corpus, max_steps=8, save_every=2), str(out), resume=True)  # longer: fine
     assert json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["step"] == 8
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from kd_core import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert precision.resolve("auto", "cpu")[0] == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f"})  # bf16 emulated: slower than fp32
+    assert precision.resolve("auto", "cpu") == ("no", "auto: the CPU has none of avx512_bf16, amx_bf16, so fp32")
+    assert precision.resolve("bf16", "cpu") == ("bf16", "as configured")

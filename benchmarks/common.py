@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from kd_core.precision import CPU_BF16_FLAGS, cpu_flags
+from kd_core.precision import cpu_info, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -37,13 +37,15 @@ def loadavg() -> str:
 
 
 def machine() -> dict:
-    """CPU model and flags, threads, torch, commit (with a dirty mark), and the load when it started."""
+    """CPU model and flags, what `auto` precision picks, threads, torch, commit (with a dirty mark), and the load
+    when it started."""
+    vendor, flags = cpu_info()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {"commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""),
-            "cpu_model": model, "cpu_flags": sorted(set(FLAGS_OF_INTEREST) & cpu_flags()),
-            "native_bf16": bool(set(CPU_BF16_FLAGS) & cpu_flags()), "cores": os.cpu_count(),
+            "cpu_vendor": vendor, "cpu_model": model, "cpu_flags": sorted(set(FLAGS_OF_INTEREST) & flags),
+            "auto_precision_on_cpu": resolve("auto", "cpu"), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "loadavg_start": loadavg()}

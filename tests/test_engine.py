@@ -303,11 +303,13 @@ def test_resume_refuses_a_different_config(tiny_corpus, tmp_path):
     assert json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["step"] == 8
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it_faster(monkeypatch):
     from kd_core import precision
 
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert precision.resolve("auto", "cpu")[0] == "bf16"
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f"})  # bf16 emulated: slower than fp32
-    assert precision.resolve("auto", "cpu") == ("no", "auto: the CPU has none of avx512_bf16, amx_bf16, so fp32")
+    for vendor, flags, want in [("GenuineIntel", {"avx512f", "avx512_bf16", "amx_bf16"}, "bf16"),
+                                ("AuthenticAMD", {"avx512f", "avx512_bf16"}, "bf16"),
+                                ("GenuineIntel", {"avx512f", "avx512_bf16"}, "no"),  # same rate as fp32 FMAs
+                                ("AuthenticAMD", {"avx2", "avx512f"}, "no")]:  # bf16 emulated
+        monkeypatch.setattr(precision, "cpu_info", lambda: (vendor, flags))
+        assert precision.resolve("auto", "cpu")[0] == want, (vendor, flags)
     assert precision.resolve("bf16", "cpu") == ("bf16", "as configured")

@@ -32,7 +32,7 @@ from common import ROOT, interleaved, loadavg, machine, make_mlm_batch, matmul_r
 from kd_core import losses
 from kd_core.config import load_config
 from kd_core.engine import Engine, TrainConfig
-from kd_core.glue.grid import portable
+from kd_core.provenance import portable
 from kd_core.student import StudentConfig, build_student
 
 WEIGHTS = {"ce": 5.0, "mlm": 2.0, "cos": 1.0}

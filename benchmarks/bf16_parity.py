@@ -22,7 +22,7 @@ from bert_kd.distill import DistilConfig, run
 from kd_core.assets import minilm_dir
 from kd_core.config import load_config
 from kd_core.data import PrepareConfig, prepare
-from kd_core.glue.grid import portable
+from kd_core.provenance import portable
 from kd_core.metrics_log import read_metrics
 from kd_core.student import load_masked_lm
 

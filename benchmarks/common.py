@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from kd_core.precision import cpu_info, resolve
+from kd_core.provenance import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -42,8 +43,9 @@ def machine() -> dict:
     vendor, flags = cpu_info()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    return {"commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""),
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    return {"commit": commit() + ("+dirty" if dirty else ""),
             "cpu_vendor": vendor, "cpu_model": model, "cpu_flags": sorted(set(FLAGS_OF_INTEREST) & flags),
             "auto_precision_on_cpu": resolve("auto", "cpu"), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -24,7 +24,7 @@ from electra_kd.distill import GeneratorConfig, new_generator
 from electra_kd.objective import ElectraLossConfig, ElectraObjective, loss_weights
 from kd_core.config import load_config
 from kd_core.engine import Engine, TrainConfig
-from kd_core.glue.grid import portable
+from kd_core.provenance import portable
 from kd_core.student import StudentConfig, build_student
 
 FLOPS_FORMULA = ("per step: teacher encoder fwd 2*N_t*T + 4*L_t*s*d*T, student encoder fwd+bwd 3x that with N_s, L_s, "

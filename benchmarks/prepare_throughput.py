@@ -19,7 +19,7 @@ from kd_core.data import PrepareConfig, prepare
 from kd_core.data.clean import CleanConfig, Cleaner
 from kd_core.data.prepare import load_tokenizer, tokenize_documents
 from kd_core.data.sources import read_documents, text_files
-from kd_core.glue.grid import portable
+from kd_core.provenance import portable
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import (BertConfig, BertForMaskedLM, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining)
 
 from bert_kd.objective import DistillationObjective, DistilLossConfig
-from kd_core.glue.grid import portable
+from kd_core.provenance import portable
 from common import make_mlm_batch
 from electra_kd.objective import ElectraLossConfig, ElectraObjective, loss_weights
 from kd_core.config import load_config

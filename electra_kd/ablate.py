@@ -5,7 +5,7 @@ python -m electra_kd ablate --grid recipes/configs/electra_ablation.yaml --outpu
 The grid file names a base run config, the values of b1, b2, b3 to cross, and the GLUE settings.
 Resumable at every level: a finished run (its final/ exists) is not trained again, an interrupted
 one continues from its newest checkpoint, and the GLUE grid loads finished fine-tuning runs.
-Writes ablation.json, ablation.md, heatmap.png (primary GLUE score over b1 x b2, one panel per b3)
+Writes ablation.json, ablation.md, heatmap.png (the GLUE score over b1 x b2, one panel per b3)
 and TensorBoard hparams under tb/ so the runs compare side by side.
 
 With `controls` (default), two rows give the grid its meaning: the teacherless point b1=b2=b3=0 (the student's own
@@ -22,11 +22,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_core.config import load_config, out_of_range, to_dict
-from kd_core.files import atomic_write_text
-from kd_core.glue.compare import claims_table, pool_seeds, seed_run_dirs
+from kd_core.config import finished_with, load_config, out_of_range, to_dict
+from kd_core.files import atomic_write_text, seed_run_dirs
+from kd_core.glue.compare import claims_table
 from kd_core.glue.finetune import FinetuneConfig
-from kd_core.glue.grid import GridConfig, provenance, run_grid
+from kd_core.glue.grid import GridConfig, run_grid
+from kd_core.glue.results import ModelResults, pooled
+from kd_core.provenance import provenance
 from kd_core.glue.tasks import get_task
 from kd_core.metrics_log import read_metrics
 from kd_core.plot import heatmap
@@ -66,45 +68,25 @@ def point_name(b1: float, b2: float, b3: float) -> str:
     return f"b1={b1:g}_b2={b2:g}_b3={b3:g}"
 
 
-def score_of(results: dict) -> float:
-    """Mean over tasks of the chosen cell's mean primary metric over seeds; NaN (shown as failed) when a task diverged."""
-    if any(t.get("status") == "failed" for t in results["tasks"].values()):
-        return float("nan")
-    return statistics.fmean(t["metrics"][t["primary"]]["mean"] for t in results["tasks"].values())
-
-
-def score_std(results: dict) -> float | None:
-    """Standard deviation over runs (fine-tuning seeds, x distillation seeds when pooled) of the per-run mean primary
-    metric (None: one run or a failure)."""
-    per_task = []
-    for t in results["tasks"].values():
-        if t.get("status") == "failed":
-            return None
-        runs = [r for r in t["cells"][t["chosen"]]["runs"] if r.get("status", "ok") == "ok"]
-        per_task.append([r["metrics"][t["primary"]] for r in runs])
-    seeds = {len(v) for v in per_task}
-    if len(seeds) != 1 or seeds.pop() < 2:
-        return None
-    return statistics.stdev(statistics.fmean(values) for values in zip(*per_task))
-
-
-def run_glue(cfg: AblationConfig, model: Path, out: Path, label: str) -> dict:
+def run_glue(cfg: AblationConfig, model: Path, out: Path, label: str) -> ModelResults:
     g = cfg.glue
     return run_grid(str(model), [get_task(t) for t in g.tasks], g.glue_dir,
                     GridConfig(lrs=g.lrs, batch_sizes=g.batch_sizes, seeds=g.seeds, finetune=g.finetune), out, label=label)
 
 
-def summary(glue: dict, run_dir: Path) -> dict:
-    """A row of the table: score (± std over seeds) and each task's mean metrics."""
-    return {"run_dir": str(run_dir), "score": score_of(glue), "score_std": score_std(glue),
-            "glue": {name: {m: s["mean"] for m, s in (t["metrics"] or {}).items()} for name, t in glue["tasks"].items()}}
+def summary(glue: ModelResults, run_dir: Path) -> dict:
+    """A row of the table: the GLUE score (kd_core.glue.results; NaN, shown as failed, when a task diverged) ± its
+    std over runs, and each task's mean metrics."""
+    return {"run_dir": str(run_dir), "score": glue.score if glue.score is not None else float("nan"),
+            "score_std": glue.score_std,
+            "glue": {name: {m: s["mean"] for m, s in (t.metrics or {}).items()} for name, t in glue.tasks.items()}}
 
 
 def seeds_of_point(cfg: AblationConfig, b: tuple[float, float, float]) -> int:
     return cfg.distill_seeds if list(b) in cfg.seeded_points else 1
 
 
-def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log=print) -> tuple[dict, dict]:
+def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log=print) -> tuple[dict, ModelResults]:
     """(the point's row, its GLUE results): one distillation run per seed, their fine-tuning runs pooled; the
     final losses are means over the distillation seeds."""
     name = point_name(*b)
@@ -115,16 +97,16 @@ def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log
         run_cfg = load_config(ElectraRunConfig, base=to_dict(cfg.base), overrides=[
             f"loss.b1={b[0]}", f"loss.b2={b[1]}", f"loss.b3={b[2]}", f"train.seed={cfg.base.train.seed + k}"])
         what = f"{name} (distillation seed {run_cfg.train.seed})"
-        if not (run_dir / "final" / "config.json").is_file():
+        if not finished_with(run_dir, run_cfg):
             log(f"== {what}: distillation")
             run(run_cfg, str(run_dir), resume=True)
         else:
-            log(f"== {what}: distilled before, skipped")
+            log(f"== {what}: distilled before with these settings, loaded")
         glues.append(run_glue(cfg, run_dir / "final", run_dir / "glue", name))
         records = read_metrics(run_dir / "metrics.jsonl")
         finals += [r for r in records if "loss/total" in r][-1:]
         evals += [r["eval/loss/rtd"] for r in records if "eval/loss/rtd" in r][-1:]
-    glue = glues[0] if seeds == 1 else pool_seeds(glues, name)
+    glue = pooled(glues, name)
     losses = sorted({k for f in finals for k in f if k.startswith("loss/")})
     return {"b1": b[0], "b2": b[1], "b3": b[2], **summary(glue, run_dirs[0]), "distill_seeds": seeds,
             "run_dirs": [str(d) for d in run_dirs],
@@ -132,7 +114,7 @@ def run_point(cfg: AblationConfig, b: tuple[float, float, float], out: Path, log
             "final_eval_rtd": statistics.fmean(evals) if len(evals) == seeds else None}, glue
 
 
-def run_controls(cfg: AblationConfig, out: Path, log=print) -> tuple[dict, dict, dict, dict]:
+def run_controls(cfg: AblationConfig, out: Path, log=print) -> tuple[dict, ModelResults, dict, ModelResults]:
     """(teacherless row, its GLUE results, truncated row, its GLUE results)."""
     teacherless, teacherless_glue = run_point(cfg, (0.0, 0.0, 0.0), out, log)
     model = save_untrained_student(cfg.base.teacher, cfg.base.student, out / "truncated" / "final", ElectraForPreTraining)
@@ -169,11 +151,11 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
         teacherless, teacherless_glue, truncated, truncated_glue = run_controls(cfg, out, log)
         controls = {"teacherless": teacherless, "truncated": truncated}
         claims = [(glue, control) for control in (teacherless_glue, truncated_glue) for glue in glues
-                  if glue["model"] != control["model"]]
+                  if glue.model != control.model]
         claims_text = ("\nControl rows (same student, steps, data and fine-tuning): teacherless = b1=b2=b3=0, the "
                        "student's own RTD loss only; truncated = the same teacher layers, not distilled.\n\n"
-                       "Each point against the controls (paired bootstrap over dev examples, seeds combined, 2,000 "
-                       "replicates; significant only when the 95% interval excludes 0):\n\n"
+                       "Each point against the controls (bootstrap over dev examples and runs, 2,000 replicates; "
+                       "significant only when the 95% interval excludes 0):\n\n"
                        + "\n".join(claims_table(claims + [(teacherless_glue, truncated_glue)], cfg.glue.tasks)) + "\n")
         title += f"\ntruncated, not distilled: {score_text(truncated)}; teacherless = the (0, 0, 0) point"
     control_rows = [{**controls["teacherless"], "control": "teacherless"},
@@ -190,7 +172,7 @@ def ablate(cfg: AblationConfig, output_dir: str | Path, command: str = "", log=p
         lines.append(f"| {bs} | {runs} | {score_text(p)}{' (' + p['control'] + ')' if 'control' in p else ''} | "
                      + " | ".join(f"{p['glue'][t][m]:.2f}" if m in p["glue"][t] else "failed" for t, m in metric_cols)
                      + f" | {loss_text} |")
-    text = (f"# ELECTRA b1/b2/b3 ablation (score: mean primary metric over {tasks}, mean ± std over the runs: "
+    text = (f"# ELECTRA b1/b2/b3 ablation (score: the GLUE score over {tasks}, mean ± std over the runs: "
             "distillation seeds x fine-tuning seeds)\n\n" + "\n".join(lines) + "\n" + claims_text)
     atomic_write_text(out / "ablation.md", text)
     atomic_write_text(out / "ablation.json", json.dumps({"points": points, "controls": controls, "config": to_dict(cfg),

@@ -264,3 +264,24 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def finished_with(run_dir: str | Path, cfg: Any) -> bool:
+    """Whether `run_dir` holds a finished run (final/) made with `cfg`. A finished run made with other settings is an
+    error naming each difference, never silently reused as if it were this one; an unfinished one is resumed by its
+    caller (the engine's --resume checks the config against the checkpoint's)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "final" / "config.json").is_file():
+        return False
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise UserError(f"{run_dir} holds a finished model but no config.yaml, so how it was made cannot be checked; "
+                        "delete the folder to train it again")
+    saved = flatten(yaml_load(saved_path.read_text()) or {})
+    now = flatten(yaml_load(dump_config(cfg)))
+    changed = [f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in sorted(saved.keys() | now.keys())
+               if saved.get(k) != now.get(k)]
+    if changed:
+        raise UserError(f"{run_dir} was trained with other settings ({'; '.join(changed)}); use a new --output-dir, "
+                        "or delete that folder to train it again")
+    return True

@@ -66,3 +66,8 @@ def remove_dir(path: Path) -> None:
     doomed = path.with_name(path.name + ".deleting")
     os.replace(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def seed_run_dirs(run_dir: Path, seeds: int) -> list[Path]:
+    """The run directories of `seeds` distillation seeds of one row: run_dir, then <run_dir>_seed1, ..."""
+    return [run_dir] + [run_dir.with_name(f"{run_dir.name}_seed{k}") for k in range(1, seeds)]

@@ -72,6 +72,21 @@ def recorded_wall_s(run_dir: str | Path) -> float | None:
     return walls[-1] if walls else None
 
 
+def term_shares(run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Each weighted term's share of the total loss at the first and the last logged step of a run:
+    {"start": {"ce": 0.08, ...}, "end": {...}}; empty when the run logged none."""
+    records = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if any(k.startswith("share/") for k in r)]
+    if not records:
+        return {}
+    return {when: {k.removeprefix("share/"): v for k, v in r.items() if k.startswith("share/")}
+            for when, r in (("start", records[0]), ("end", records[-1]))}
+
+
+def shares_text(shares: dict[str, dict[str, float]]) -> str:
+    """'ce 8% -> 31%, mlm 88% -> 60%, cos 4% -> 9%': each term's share of the total loss, start -> end."""
+    return ", ".join(f"{k} {100 * v:.0f}% -> {100 * shares['end'].get(k, 0.0):.0f}%" for k, v in shares["start"].items())
+
+
 class StepAggregate:
     """Sums of step outputs between two log lines (device tensors; read once per log line)."""
 
@@ -108,4 +123,6 @@ class StepAggregate:
             stacked = acc.reduce(torch.stack([torch.as_tensor(means[k], device=acc.device).float() for k in keys]),
                                  "mean")
             record.update({k: float(v) for k, v in zip(keys, stacked.tolist())})
+            if record["loss/total"] > 0:  # each weighted term's share of the total: shows a term that is effectively off
+                record.update({f"share/{k}": record[f"weighted/{k}"] / record["loss/total"] for k in self.weighted})
         return record

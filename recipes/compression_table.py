@@ -36,9 +36,11 @@ from kd_core.files import atomic_write_text
 from kd_core.glue.compare import Block, metric_of, paired_bootstrap
 from kd_core.glue.finetune import evaluate, task_rows
 from kd_core.glue.data import load_split
-from kd_core.glue.grid import provenance, run_grid
+from kd_core.glue.grid import run_grid
+from kd_core.glue.results import ModelResults
+from kd_core.provenance import provenance
 from kd_core.glue.tasks import get_task
-from scales import ROOT, distil_once, recipe_parser, setup_from_args
+from scales import distil_once, recipe_parser, setup_from_args, table_path
 from kd_core.cli import script_exit
 
 NAME = "compression"
@@ -49,10 +51,10 @@ PRUNE = {"smoke": dict(steps=1, recover_steps=2, batches=2, batch_size=8),
 SPEED = {"smoke": (2, 32), "small": (5, 256), "paper": (5, 512)}
 
 
-def seed_models(result: dict, task: str, run_dir: Path) -> list[Path]:
+def seed_models(result: ModelResults, task: str, run_dir: Path) -> list[Path]:
     """The fine-tuned model of every seed of the chosen cell."""
-    cell = result["tasks"][task]["chosen"]
-    return [run_dir / task / cell / f"seed{r['seed']}" / "model" for r in result["tasks"][task]["cells"][cell]["runs"]]
+    chosen = result.tasks[task].chosen
+    return [run_dir / task / chosen / f"seed{r.seed}" / "model" for r in result.tasks[task].cells[chosen].runs]
 
 
 def compressed(source: Path, out: Path, task: str, glue_dir: str | None, max_len: int, scale: str) -> dict[str, Path]:
@@ -137,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, speed in interleaved_speed(models, tokens, texts, passes, grid.finetune.max_len).items():
         rows[label].update(speed)
 
-    path = Path(args.results) if args.results else (
-        out / f"{NAME}.md" if s.scale == "smoke" else ROOT / "results" / f"{NAME}.md")
+    path = table_path(args, NAME)
     prov = provenance(f"python recipes/{Path(__file__).name} " + " ".join(sys.argv[1:] if argv is None else argv))
     prov.update(scale=s.scale, seeds=grid.seeds, wall_s=round(time.perf_counter() - t0, 1), torch=torch.__version__,
                 threads=torch.get_num_threads())

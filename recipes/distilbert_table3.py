@@ -25,10 +25,11 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 from kd_core.files import atomic_write_text
 from kd_core.glue.data import read_tsv
 from kd_core.latency import interleaved_latency
-from kd_core.glue.grid import provenance
+from kd_core.provenance import provenance
 from kd_core.glue.tasks import get_task
 from kd_core.student import StudentConfig, build_student, load_masked_lm
 from kd_core.cli import script_exit
+from scales import check_results_target, table_path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUOTED = [("ELMo (paper, quoted)", 180, 895), ("BERT-base (paper, quoted)", 110, 668),
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", help="model directories or hub names (override the scale's)")
     parser.add_argument("--glue-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
     parser.add_argument("--limit", type=int, default=0, help="time only the first N pairs (0: all 1,500)")
-    parser.add_argument("--results", default=str(ROOT / "results" / "distilbert_table3.md"))
+    parser.add_argument("--output-dir", default="runs/distilbert_table3")
+    parser.add_argument("--results", help="also the committed table, e.g. results/distilbert_table3.md (default: only "
+                                          "<output-dir>/distilbert_table3.md; never at smoke scale)")
     args = parser.parse_args(argv)
+    check_results_target(args.scale, args.results)
     limit = args.limit or (20 if args.scale == "smoke" else 0)
     with tempfile.TemporaryDirectory() as tmp:
         if args.models:
@@ -107,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             + "\n".join(lines) + "\n\nEncoders only (no task head), fp32, `torch.inference_mode`, inputs tokenized "
             "beforehand (max length 128), 5 warm-up pairs not timed. The quoted rows are the paper's (Sanh et "
             "al. 2019, Table 3), on their CPU: compare ratios, not seconds.\n\nProvenance: " + json.dumps(prov) + "\n")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.results), text)
+    path = table_path(args, "distilbert_table3")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
     print(text)
     return 0
 

@@ -23,7 +23,6 @@ from transformers import AutoModelForMaskedLM
 from bert_kd.distill import DistilConfig, run
 from kd_core.config import load_config
 from kd_core.glue.compare import claims_table, macro_difference
-from kd_core.glue.report import macro_of_means
 from kd_core.student import save_untrained_student
 from kd_core.cli import script_exit
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     triple = load_config(DistilConfig, config, common)
     truncated = save_untrained_student(triple.teacher, triple.student, out / "truncated" / "final", AutoModelForMaskedLM)
     controls = [teacherless, evaluate_on_glue(str(truncated), s, out / "truncated", "control: truncated, not distilled")]
-    failed = [r["label"] for r in results + controls if macro_of_means(r) is None]
+    failed = [r.label for r in results + controls if r.score is None]
     if failed:  # a diverged row has no score: report it, never rank it
         print(f"rows with a failed GLUE task (see their results.json): {', '.join(failed)}; no table written")
         return 1
@@ -67,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     changes = {}
     for (label, name, _, quoted), r in zip(ROWS, results):
         if quoted is None:
-            lines.append(f"| {label} | {macro_of_means(r):.2f} | – | – |")
+            lines.append(f"| {label} | {r.score:.2f} | – | – |")
             continue
         d = changes[name] = macro_difference(r, reference, s.tasks, replicates=2000)
-        lines.append(f"| {label} | {macro_of_means(r):.2f} | {d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+        lines.append(f"| {label} | {r.score:.2f} | {d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
                      f"{'' if d['significant'] else ' n.s.'} | {quoted:+.2f} |")
     ours = sorted(ROWS[1:], key=lambda row: changes[row[1]]["diff"])
     paper = sorted(ROWS[1:], key=lambda row: row[3])

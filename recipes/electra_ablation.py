@@ -28,12 +28,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-from scales import ROOT, recipe_parser, setup_from_args
+from scales import recipe_parser, setup_from_args
 
 from electra_kd.ablate import AblationConfig, ablate
 from kd_core.files import atomic_write_text
 from kd_core.config import load_config
-from kd_core.glue.grid import portable, portable_paths
+from kd_core.provenance import portable, portable_paths
 from kd_core.cli import script_exit
 
 GRIDS = {"smoke": ("0,1", "1", "1"), "small": ("0,1,2", "0,1,2", "1"), "paper": (None, None, None)}
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, "electra_ablation", table=False, distill_seeds=True)
     for name in ("b1", "b2", "b3"):
         parser.add_argument(f"--{name}", help=f"comma-separated {name} values (default: the scale's)")
-    parser.add_argument("--results", help="default: results/electra_ablation (smoke: none)")
+    parser.add_argument("--results", help="also copy the table here, e.g. results/electra_ablation (never at smoke scale)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     t0 = time.perf_counter()
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(AblationConfig, HERE / "configs" / "electra_ablation.yaml", overrides)
     command = "python recipes/electra_ablation.py " + " ".join(argv)
     ablate(cfg, out / "points", command=command)
-    results = Path(args.results) if args.results else (
-        None if s.scale == "smoke" else ROOT / "results" / "electra_ablation")
+    results = Path(args.results) if args.results else None
     if results:
         results.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "points" / "heatmap.png", results / ".heatmap.png.tmp")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from electra_kd.distill import ElectraRunConfig, run
 from kd_core.files import atomic_write_text
-from kd_core.config import load_config
+from kd_core.config import finished_with, load_config
 from kd_core.glue.finetune import FinetuneConfig
-from kd_core.glue.grid import GridConfig, provenance, run_grid
+from kd_core.glue.grid import GridConfig, run_grid
+from kd_core.provenance import provenance
 from kd_core.glue.report import markdown_table
 from kd_core.glue.tasks import get_task
 from kd_core.metrics_log import read_metrics
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     results, losses = [], {}
     for label, extra in runs.items():
         run_dir = out / ("distilled" if label == "distilled" else "pretrained")
-        if not (run_dir / "final" / "config.json").is_file():
-            run(load_config(ElectraRunConfig, overrides=common + extra), str(run_dir), resume=True)
+        run_cfg = load_config(ElectraRunConfig, overrides=common + extra)
+        if not finished_with(run_dir, run_cfg):
+            run(run_cfg, str(run_dir), resume=True)
         evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss/rtd" in r]
         losses[label] = evals[-1]
         results.append(run_grid(str(run_dir / "final"), tasks, args.glue_dir, grid, run_dir / "glue",
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Provenance: " + json.dumps(prov)]
     atomic_write_text(out / "electra_kd_vs_pretrain.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "electra_kd_vs_pretrain.json",
-                      json.dumps({"results": results, "eval_losses": losses, "provenance": prov}, indent=1))
+                      json.dumps({"results": [r.to_json() for r in results], "eval_losses": losses, "provenance": prov}, indent=1))
     print("\n".join(lines))
     return 0
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                            (distilled_init, cos), (att, cos)], s.tasks), "",
         "Quoted rows: Greek report Table 1 (bert-base-uncased teacher, 3 epochs of a WikiText subset, fine-tuned "
         "over lr {1e-5, 5e-5, 1e-4} x batch {16, 32}). Compare orderings, not absolute values.",
-        ordering_note(results[:3], refs, list(zip([r["label"] for r in results[:3]], [r["label"] for r in refs]))),
+        ordering_note(results[:3], refs, list(zip([r.label for r in results[:3]], [r["label"] for r in refs]))),
     ]
     title = f"Greek report Table 1 at {s.scale} scale: initialisation and L_cos vs L_att, with controls"
     print(write_table(args, "greek_table1", title, results, refs, notes, s, argv, t0))

@@ -43,8 +43,8 @@ QUOTED = [  # the slides' result table: NSMC acc, KorQuAD 1.0 EM / F1, ETRI NER 
 def link_task_teachers(teacher_results: dict, glue_dir: Path, links: Path) -> str:
     """links/<task> -> the fine-tuned teacher of the chosen cell (seed 0); returns the `{task}` pattern."""
     links.mkdir(parents=True, exist_ok=True)
-    for task, result in teacher_results["tasks"].items():
-        lr, bs = result["chosen"].removeprefix("lr").split("_bs")
+    for task, result in teacher_results.tasks.items():
+        lr, bs = result.chosen.removeprefix("lr").split("_bs")
         target = glue_dir / task / cell_name(float(lr), int(bs)) / "seed0" / "model"
         link = links / task
         if link.is_symlink() or link.exists():
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                                        AutoModelForMaskedLM)
     results.append(evaluate_on_glue(str(truncated), s, out / "truncated", "control: DistilBERT-shaped truncated, "
                                                                            "not distilled"))
-    by_label = {r["label"]: r for r in results}
+    by_label = {r.label: r for r in results}
     claims = [(f"{label}{suffix}", label) for label, _, _ in STUDENTS for suffix in (" + pred", " + trm + pred")]
-    claims.append(("DistilBERT-shaped", results[-1]["label"]))
+    claims.append(("DistilBERT-shaped", results[-1].label))
     quoted = ["| model (slides, quoted) | NSMC acc | KorQuAD 1.0 EM / F1 | ETRI NER F1 |", "|---|---|---|---|"]
     quoted += [f"| {' | '.join(row)} |" for row in QUOTED]
     notes = ["The slides' table (quoted; Korean RoBERTa teacher, 15 GB corpus, Korean tasks), for the pattern only: "

@@ -31,17 +31,19 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-from kd_core.files import atomic_write_text
-from kd_core.config import load_config
-from kd_core.glue.compare import has_predictions, macro_difference, pool_seeds, seed_run_dirs
+from kd_core.files import atomic_write_text, seed_run_dirs
+from kd_core.config import finished_with, load_config
+from kd_core.glue.compare import macro_difference
 from kd_core.glue.finetune import FinetuneConfig
-from kd_core.glue.grid import GridConfig, portable_paths, provenance, run_grid
+from kd_core.glue.grid import GridConfig, run_grid
+from kd_core.glue.results import ModelResults, pooled
 from kd_core.glue.report import markdown_table
 from kd_core.glue.tasks import get_task
 from kd_core.plot import loss_curves
 from kd_core.toy import write_tiny_glue
 from kd_core.errors import UserError
 from kd_core.metrics_log import recorded_wall_s
+from kd_core.provenance import portable_paths, provenance
 
 SHARED = ROOT.parent / "shared" / "data"
 SCALES = ("smoke", "small", "paper")
@@ -155,9 +157,22 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
     raise UserError(f"unknown scale '{scale}'; choose one of {', '.join(SCALES)}")
 
 
+def check_results_target(scale: str, results: str | None) -> None:
+    """Only --results writes into results/ (the committed tables), and never at smoke scale: refused before any work."""
+    if scale == "smoke" and results and Path(results).resolve().is_relative_to(ROOT / "results"):
+        raise UserError(f"--results {results}: smoke-scale numbers never go into results/ (the committed tables); "
+                        "give a path outside it, or run --scale small")
+
+
+def table_path(args: argparse.Namespace, name: str) -> Path:
+    """Where a recipe's table goes: --results when given, else <output-dir>/<name>.md."""
+    return Path(args.results) if args.results else Path(args.output_dir) / f"{name}.md"
+
+
 def setup_from_args(args: argparse.Namespace, default_tasks: list[str] | None = None,
                     kinds: tuple[str, ...] = ("mlm",), workdir: Path | None = None) -> Setup:
     """`setup` from a recipe_parser's arguments (--tasks, else `default_tasks`, else the scale's)."""
+    check_results_target(args.scale, getattr(args, "results", None))
     tasks = args.tasks.split(",") if args.tasks else default_tasks
     seeds = getattr(args, "distill_seeds", None)
     if seeds is not None and seeds < 1:
@@ -169,21 +184,22 @@ def setup_from_args(args: argparse.Namespace, default_tasks: list[str] | None = 
 
 def distil_once(config_cls, run, cfg_file: str | Path | None, overrides: list[str], run_dir: Path,
                 dry_run: bool = False):
-    """Load a run's config (file + overrides) and train it unless its final/ exists; returns the config."""
+    """Load a run's config (file + overrides) and train it unless it finished with this config (a finished run made
+    with other settings is an error naming them); returns the config."""
     cfg = load_config(config_cls, cfg_file, overrides)
     if dry_run:
         print(f"== {run_dir}: {cfg_file or 'defaults'} + {' '.join(overrides)}")
-    elif not (run_dir / "final" / "config.json").is_file():
+    elif not finished_with(run_dir, cfg):
         run(cfg, str(run_dir), resume=True)
     return cfg
 
 
-def evaluate_on_glue(model: str, s: Setup, run_dir: Path, label: str, grid: GridConfig | None = None) -> dict:
+def evaluate_on_glue(model: str, s: Setup, run_dir: Path, label: str, grid: GridConfig | None = None) -> ModelResults:
     return run_grid(model, [get_task(t) for t in s.tasks], s.glue_dir, grid or s.grid, run_dir / "glue", label=label)
 
 
 def distilled_row(config_cls, run, cfg_file: str | Path | None, overrides: list[str], run_dir: Path, s: Setup,
-                  label: str, seeds: int = 1, dry_run: bool = False) -> dict | None:
+                  label: str, seeds: int = 1, dry_run: bool = False) -> ModelResults | None:
     """A distilled row: `seeds` distillation runs (train.seed 0.. ; seed k > 0 in <run_dir>_seed<k>), each
     fine-tuned with the scale's seeds; several are pooled into one row (distillation x fine-tuning seeds)."""
     dirs = seed_run_dirs(run_dir, seeds)
@@ -192,10 +208,10 @@ def distilled_row(config_cls, run, cfg_file: str | Path | None, overrides: list[
     if dry_run:
         return None
     results = [evaluate_on_glue(str(d / "final"), s, d, label) for d in dirs]
-    return results[0] if seeds == 1 else pool_seeds(results, label)
+    return pooled(results, label)
 
 
-def teacher_on_glue(teacher: str, s: Setup, out: Path, label: str) -> dict:
+def teacher_on_glue(teacher: str, s: Setup, out: Path, label: str) -> ModelResults:
     """The teacher's GLUE results; at small scale cached beside the cached teacher, per task list and grid, so
     every recipe on the same teacher shares one fine-tuning of it."""
     glue = str(Path(s.glue_dir).resolve()) if s.glue_dir else None
@@ -204,18 +220,18 @@ def teacher_on_glue(teacher: str, s: Setup, out: Path, label: str) -> dict:
     return evaluate_on_glue(teacher, s, where, label)
 
 
-def compute_seconds(out: Path, results: list[dict]) -> dict:
+def compute_seconds(out: Path, results: list[ModelResults]) -> dict:
     """Wall time summed over every part that produced a table, whichever process ran it (a rerun over finished
     runs reads theirs): training runs under `out` and the rows' models (their logged wall_s, summed over
     resumes) and every fine-tuning run of the rows (result.json)."""
     runs = {p.parent for p in out.rglob("metrics.jsonl") if (p.parent / "final").is_dir()}
-    runs |= {Path(m).parent for r in results for m in r.get("models", [r["model"]]) if (Path(m).parent / "metrics.jsonl").is_file()}
+    runs |= {Path(m).parent for r in results for m in r.models if (Path(m).parent / "metrics.jsonl").is_file()}
     training = {run: recorded_wall_s(run) for run in runs}
     by_task: dict[str, float] = {}
     for r in results:
-        for name, task in r["tasks"].items():
-            runs = [run for cell in task.get("cells", {}).values() for run in cell["runs"]]
-            by_task[name] = round(by_task.get(name, 0.0) + sum(run.get("wall_s", 0.0) for run in runs), 1)
+        for name, task in r.tasks.items():
+            runs = [run for cell in task.cells.values() for run in cell.runs]
+            by_task[name] = round(by_task.get(name, 0.0) + sum(run.record.get("wall_s", 0.0) for run in runs), 1)
     return {"training_s": round(sum(v for v in training.values() if v), 1),
             "finetuning_s": round(sum(by_task.values()), 1), "finetuning_s_by_task": by_task,
             "training_runs_without_a_record": sum(v is None for v in training.values())}
@@ -234,24 +250,24 @@ def recipe_parser(doc: str, name: str, table: bool = True, dry_run: bool = False
         parser.add_argument("--distill-seeds", type=int, help="distillation seeds of the row the table's claim is "
                                                               "about (default: the scale's: smoke 2, small 2, paper 1)")
     if table:
-        parser.add_argument("--results", help=f"default: results/{name}.md (smoke: inside the output dir)")
+        parser.add_argument("--results", help=f"also the committed table, e.g. results/{name}.md (default: only "
+                                               f"<output-dir>/{name}.md; never at smoke scale)")
     if dry_run:
         parser.add_argument("--dry-run", action="store_true", help="print every run's config source and stop")
     return parser
 
 
-def write_table(args: argparse.Namespace, name: str, title: str, results: list[dict], references: list[dict],
+def write_table(args: argparse.Namespace, name: str, title: str, results: list[ModelResults], references: list[dict],
                 notes: list[str], s: Setup, argv: list[str] | None, t0: float) -> str:
     """The Markdown table (ours, then the quoted rows), notes, and provenance, written atomically to
-    --results, else results/<name>.md (smoke: <output-dir>/<name>.md)."""
+    --results, else <output-dir>/<name>.md (only --results writes into results/)."""
     argv = sys.argv[1:] if argv is None else argv
-    path = Path(args.results) if args.results else (
-        Path(args.output_dir) / f"{name}.md" if s.scale == "smoke" else ROOT / "results" / f"{name}.md")
+    path = table_path(args, name)
     prov = provenance(f"python recipes/{name}.py " + " ".join(argv))
     prov.update(scale=s.scale, seeds=s.grid.seeds, distill_seeds=s.distill_seeds,
                 wall_s=round(time.perf_counter() - t0, 1), compute=compute_seconds(Path(args.output_dir), results),
                 torch=torch.__version__)
-    runs = [(Path(r["model"]).parent, r["label"]) for r in results if (Path(r["model"]).parent / "metrics.jsonl").is_file()]
+    runs = [(Path(r.model).parent, r.label) for r in results if (Path(r.model).parent / "metrics.jsonl").is_file()]
     figure = [f"Loss curves of the distilled runs: {path.with_suffix('.png').name}.", ""] if runs else []
     text = "\n".join([f"# {title}", "", markdown_table(results, references), "", *notes, "", *figure,
                       f"Setup: {s.description}.", "", "Provenance: " + json.dumps(prov), ""])
@@ -259,30 +275,28 @@ def write_table(args: argparse.Namespace, name: str, title: str, results: list[d
     if runs:
         loss_curves([d for d, _ in runs], path.with_suffix(".png"), [label for _, label in runs])
     atomic_write_text(path, text)
-    atomic_write_text(path.with_suffix(".json"), json.dumps({"results": [portable_paths(r) for r in results],
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"results": [portable_paths(r.to_json()) for r in results],
                                                              "references": references, "provenance": prov}, indent=1))
     return text
 
 
-def macro_over(scores: dict[str, dict], tasks: list[str], spread: bool = False) -> float:
-    """Macro over tasks: the mean of each task's metrics, then over tasks (GLUE's way). Quoted rows hold
-    numbers; ours hold spreads over seeds (spread=True takes their means)."""
-    value = (lambda m: m["mean"]) if spread else (lambda m: m)
-    return float(np.mean([np.mean([value(m) for m in scores[t].values()]) for t in tasks]))
+def quoted_macro(scores: dict[str, dict[str, float]], tasks: list[str]) -> float:
+    """A quoted row's macro over tasks, as ours is scored (kd_core.glue.results): each task's metrics averaged, then
+    the tasks."""
+    return float(np.mean([np.mean(list(scores[t].values())) for t in tasks]))
 
 
-def ordering_note(results: list[dict], references: list[dict], pairs: list[tuple[str, str]]) -> str:
+def ordering_note(results: list[ModelResults], references: list[dict], pairs: list[tuple[str, str]]) -> str:
     """Does our ranking of methods (by macro) agree with the quoted one on the same tasks? With WNLI among them,
     also without it (71 dev examples: a single model's WNLI moves its macro by points)."""
-    common = [t for t in results[0]["tasks"] if all(t in ref["scores"] for ref in references)]
+    common = [t for t in results[0].tasks if all(t in ref["scores"] for ref in references)]
     if not common:
         return "The quoted rows share no task with ours: no ordering to compare."
     task_sets = [common] + ([[t for t in common if t != "wnli"]] if "wnli" in common and len(common) > 1 else [])
     sentences = []
     for tasks in task_sets:
-        ours = {r["label"]: macro_over({t: r["tasks"][t]["metrics"] for t in tasks}, tasks, spread=True)
-                for r in results}
-        quoted = {ref["label"]: macro_over(ref["scores"], tasks) for ref in references}
+        ours = {r.label: r.restricted(tasks).score for r in results}
+        quoted = {ref["label"]: quoted_macro(ref["scores"], tasks) for ref in references}
         our_order = sorted(pairs, key=lambda p: -ours[p[0]])
         paper_order = sorted(pairs, key=lambda p: -quoted[p[1]])
         ranking = " > ".join(f"{p[0]} ({ours[p[0]]:.1f})" for p in our_order)
@@ -293,17 +307,17 @@ def ordering_note(results: list[dict], references: list[dict], pairs: list[tuple
     return " ".join(sentences)
 
 
-def significance_of(results: list[dict], order: list[str], tasks: list[str]) -> str:
+def significance_of(results: list[ModelResults], order: list[str], tasks: list[str]) -> str:
     """Each step of our ranking as a paired-bootstrap difference in macro (95% interval); an ordering only
     counts where the interval excludes 0. Empty without per-example predictions (older runs)."""
-    by_label = {r["label"]: r for r in results}
-    if not all(has_predictions(by_label[label], tasks) for label in order):
+    by_label = {r.label: r for r in results}
+    if not all(by_label[label].has_predictions(tasks) for label in order):
         return " (raw means; no per-example predictions to test the differences)"
     steps = []
     for high, low in zip(order, order[1:]):
         d = macro_difference(by_label[high], by_label[low], tasks)
         steps.append(f"{high} - {low} = {d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
-                     + ("" if d["significant"] else " within noise"))
-    unresolved = sum("within noise" in step for step in steps)
-    return (f"; paired bootstrap over dev examples and seeds, 95% intervals: {'; '.join(steps)}"
+                     + ("" if d["significant"] else f" not resolved (detectable: {d['mde']:.1f})"))
+    unresolved = sum("not resolved" in step for step in steps)
+    return (f"; bootstrap over dev examples and runs, 95% intervals: {'; '.join(steps)}"
             + (f" ({unresolved} of {len(steps)} steps not resolved by this data)" if unresolved else ""))

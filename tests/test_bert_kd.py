@@ -16,7 +16,7 @@ from kd_core.toy import tiny_bert_teacher
 from kd_core.config import load_config
 from kd_core.data import MaskingCollator, MaskingConfig
 from kd_core.layer_map import resolve_layer_map
-from kd_core.metrics_log import read_metrics
+from kd_core.metrics_log import read_metrics, shares_text, term_shares
 from kd_core.families.distilbert import bert_to_distilbert
 from kd_core.student import StudentConfig, build_student
 from kd_core.errors import UserError
@@ -268,6 +268,13 @@ def test_tiny_distillation_decreases_every_term_and_round_trips(teacher_dir, tin
         assert last < first, f"{term}: {first} -> {last}"
         assert records[0][f"weighted/{term}"] == pytest.approx(cfg.loss_weights[term] * first, rel=1e-5)
     assert "loss/cos" not in records[0]
+    for record in (records[0], records[-1]):  # each weighted term's share of the total, logged with it
+        shares = {t: record[f"share/{t}"] for t in ("ce", "mlm", "hid", "att", "emb")}
+        assert sum(shares.values()) == pytest.approx(1.0, rel=1e-5)
+        assert shares["ce"] == pytest.approx(record["weighted/ce"] / record["loss/total"], rel=1e-6)
+    shares = term_shares(out)
+    assert shares["start"]["mlm"] == pytest.approx(records[0]["share/mlm"]) and shares["end"]["att"] == records[-1]["share/att"]
+    assert shares_text(shares).startswith(f"ce {100 * shares['start']['ce']:.0f}% -> {100 * shares['end']['ce']:.0f}%")
     assert json.loads((out / "student_init.json").read_text())["layer_map"] == [0, 3]
     mlm = AutoModelForMaskedLM.from_pretrained(out / "final")
     assert mlm.config.num_hidden_layers == 2 and mlm.config.hidden_size == 16
@@ -323,3 +330,24 @@ def test_attention_probe_equals_eager_attention(arch, teacher, tiny_tokenizer, t
     for i in (0, 2):
         rows = valid[:, None, :, None].expand_as(maps[i])  # padded query rows are arbitrary in both
         assert torch.allclose(maps[i][rows], eager[i][rows], atol=1e-6), i
+
+
+def test_a_finished_run_is_reused_only_with_the_settings_it_was_made_with(teacher_dir, tiny_corpus, tmp_path):
+    """What the ablation and every recipe row call before skipping a distillation: the run's own config.yaml against
+    the one asked for now; another max_steps or temperature is an error naming both values, never a silent reuse."""
+    from kd_core.config import finished_with
+
+    overrides = [f"teacher={teacher_dir}", f"data.corpus={tiny_corpus}", "student.num_layers=2", "train.max_steps=2",
+                 "train.batch_size=8", "train.micro_batch_size=8", "train.log_every=1"]
+    cfg = load_config(DistilConfig, overrides=overrides)
+    out = tmp_path / "run"
+    assert not finished_with(out, cfg)  # nothing there yet: train it
+    run(cfg, str(out))
+    assert finished_with(out, cfg)
+    other = load_config(DistilConfig, overrides=[*overrides, "train.max_steps=3", "loss.temperature=4"])
+    with pytest.raises(UserError, match=r"train.max_steps: 2 then, 3 now.*|loss.temperature: 2.0 then, 4.0 now") as e:
+        finished_with(out, other)
+    assert "train.max_steps: 2 then, 3 now" in str(e.value) and "loss.temperature" in str(e.value)
+    (out / "config.yaml").unlink()
+    with pytest.raises(UserError, match="no config.yaml"):
+        finished_with(out, cfg)

@@ -15,7 +15,7 @@ from kd_core.glue import grid as grid_module
 from kd_core.glue.data import GlueFormatError, read_tsv
 from kd_core.glue.finetune import FinetuneConfig
 from kd_core.glue.grid import GridConfig, run_grid
-from kd_core.glue.metrics import combined_score, glue_macro, split_metrics
+from kd_core.glue.metrics import combined_score, split_metrics
 from kd_core.glue.report import markdown_table
 from kd_core.glue.tasks import TASKS, get_task
 
@@ -46,8 +46,13 @@ def test_regression_metrics_by_hand():
 def test_combined_and_macro_scores():
     assert combined_score(TASKS["mrpc"], {"f1": 90.0, "accuracy": 80.0}) == 85.0
     assert combined_score(TASKS["mnli"], {"accuracy_m": 80.0, "accuracy_mm": 82.0}) == 81.0
-    macro = glue_macro({"rte": 60.0, "mrpc": 80.0, "wnli": 40.0})
-    assert macro == {"glue_macro": pytest.approx(60.0), "glue_macro_without_wnli": pytest.approx(70.0)}
+    from kd_core.glue.results import Cell, ModelResults, Run, TaskResult
+
+    def task(name, scores):
+        return TaskResult(name, {"c": Cell([Run(i, {"m": s}, s) for i, s in enumerate(scores)])})
+    results = ModelResults("m", "m", {"rte": task("rte", [58.0, 62.0]), "mrpc": task("mrpc", [80.0]),
+                                      "wnli": task("wnli", [40.0, 40.0])})
+    assert (results.score, results.score_without_wnli) == (pytest.approx(60.0), pytest.approx(70.0))
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -113,7 +118,7 @@ def tiny_glue(tmp_path_factory):
 def test_stsb_is_regression(tiny_model, tiny_glue, tmp_path):
     grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=2))
     results = run_grid(str(tiny_model), [get_task("stsb")], str(tiny_glue), grid, tmp_path / "out")
-    run = results["tasks"]["stsb"]["cells"]["lr0.001_bs16"]["runs"][0]
+    run = results.tasks["stsb"].cells["lr0.001_bs16"].runs[0].to_json()
     assert set(run["metrics"]) == {"pearson", "spearman"}
     assert -100 <= run["metrics"]["pearson"] <= 100
 
@@ -121,7 +126,7 @@ def test_stsb_is_regression(tiny_model, tiny_glue, tmp_path):
 def test_task_epochs_override_the_epochs_of_their_task_only(tiny_model, tiny_glue, tmp_path):
     grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1, finetune=FinetuneConfig(epochs=1, task_epochs={"stsb": 2}))
     results = run_grid(str(tiny_model), [get_task("rte"), get_task("stsb")], str(tiny_glue), grid, tmp_path / "out")
-    steps = {t: results["tasks"][t]["cells"]["lr0.001_bs16"]["runs"][0]["steps"] for t in ("rte", "stsb")}
+    steps = {t: results.tasks[t].cells["lr0.001_bs16"].runs[0].record["steps"] for t in ("rte", "stsb")}
     assert steps == {"rte": 160 // 16, "stsb": 2 * (96 // 16)}
     for bad, message in [({"sts-b": 3.0}, "task_epochs names 'sts-b', not a GLUE task"),
                          ({"stsb": 0.0}, "task_epochs.stsb is 0.0, give a positive number")]:
@@ -154,26 +159,31 @@ def test_grid_resumes_without_redoing_finished_runs(tiny_model, tiny_glue, tmp_p
     calls.clear()
     results = run_grid(str(tiny_model), [get_task("rte")], str(tiny_glue), grid, out)
     assert calls == [(3e-3, 0), (3e-3, 1)]  # the finished cell was loaded, not redone
-    rte = results["tasks"]["rte"]
-    assert set(rte["cells"]) == {"lr0.001_bs16", "lr0.003_bs16"}
-    assert rte["chosen"] == max(rte["cells"], key=lambda c: rte["cells"][c]["metrics"]["accuracy"]["median"])
-    assert rte["metrics"]["accuracy"]["median"] > 60  # the task is learnable: above chance on dev
+    rte = results.tasks["rte"]
+    assert set(rte.cells) == {"lr0.001_bs16", "lr0.003_bs16"}
+    assert rte.chosen == max(rte.cells, key=lambda c: rte.cells[c].score)
+    assert rte.metrics["accuracy"]["mean"] > 60  # the task is learnable: above chance on dev
     saved = json.loads((out / "results.json").read_text())
-    assert saved["provenance"]["commit"] and saved["tasks"]["rte"]["chosen"] == rte["chosen"]
+    assert saved["provenance"]["commit"] and saved["tasks"]["rte"]["chosen"] == rte.chosen
     table = (out / "results.md").read_text()
-    assert "RTE acc" in table and f"{rte['metrics']['accuracy']['mean']:.1f}" in table
+    assert "RTE acc" in table and f"{rte.metrics['accuracy']['mean']:.1f}" in table
+
+
+def _mrpc_runs(label: str, scores: list[tuple[float, float]]):
+    from kd_core.glue.results import Cell, ModelResults, Run, TaskResult
+
+    runs = [Run(i, {"f1": f1, "accuracy": acc}, (f1 + acc) / 2) for i, (f1, acc) in enumerate(scores)]
+    return ModelResults(label, label, {"mrpc": TaskResult("mrpc", {"c": Cell(runs)})})
 
 
 def test_markdown_table_with_reference_rows():
-    result = {"label": "ours", "glue_macro": 70.0, "tasks": {"mrpc": {"n_runs": 3, "combined": {"mean": 82.5},
-                                                                   "metrics": {"f1": {"mean": 85.0, "std": 1.2},
-                                                                               "accuracy": {"mean": 80.0, "std": 0.0}}}}}
+    result = _mrpc_runs("ours", [(84.0, 80.0), (85.0, 80.0), (86.0, 80.0)])
     table = markdown_table([result], [{"label": "DistilBERT (paper, quoted)", "scores": {"mrpc": {"f1": 87.5},
                                                                                           "cola": {"mcc": 51.3}}}])
     lines = table.splitlines()
-    assert lines[0] == "| model | CoLA MCC | MRPC F1 | MRPC acc | macro |"
-    assert lines[2] == "| ours | – | 85.0 ± 1.2 | 80.0 ± 0.0 | 82.5 |"  # means over 3 seeds; macro of the means
-    assert lines[3] == "| DistilBERT (paper, quoted) | 51.3 | 87.5 | – | – |"
+    assert lines[0] == "| model | CoLA MCC | MRPC F1 | MRPC acc | score | runs |"
+    assert lines[2] == "| ours | – | 85.0 ± 1.0 | 80.0 ± 0.0 | 82.5 ± 0.5 | 3 |"  # means over 3 seeds; the score's std over runs
+    assert lines[3] == "| DistilBERT (paper, quoted) | 51.3 | 87.5 | – | – | – |"
 
 
 # ---- task-specific distillation ---------------------------------------------------------------------
@@ -212,8 +222,13 @@ def test_task_distillation_terms_match_references(tmp_path, tiny_tokenizer):
     for name, value in same(batch).items():
         if name != "hard":
             assert value.item() == pytest.approx(0.0, abs=1e-6), name
+    from kd_core.glue.distill import check_task_teacher
+
     with pytest.raises(UserError, match="needs 1"):
-        TaskDistillObjective(student, teacher, get_task("stsb"), {"pred": 1.0}, TaskDistillConfig())
+        check_task_teacher(str(tmp_path / "t"), get_task("stsb"))
+    tiny_bert_teacher(tmp_path / "mlm", tiny_tokenizer, layers=1)  # an MLM checkpoint: no task head
+    with pytest.raises(UserError, match="is not fine-tuned on a task"):
+        check_task_teacher(str(tmp_path / "mlm"), get_task("rte"))
 
 
 def test_two_stage_distillation_through_the_grid(tiny_glue, tmp_path, tiny_tokenizer):
@@ -226,7 +241,7 @@ def test_two_stage_distillation_through_the_grid(tiny_glue, tmp_path, tiny_token
                       distill=TaskDistillConfig(mode="two-stage", stage1_epochs=1,
                                                         loss_weights={"pred": 1, "hard": 0.5, "emb": 1, "hid": 1, "att": 1}))
     results = run_grid(str(tmp_path / "student"), [get_task("rte")], str(tiny_glue), grid, tmp_path / "out")
-    run = results["tasks"]["rte"]["cells"]["lr0.001_bs16"]["runs"][0]
+    run = results.tasks["rte"].cells["lr0.001_bs16"].runs[0].to_json()
     assert run["teacher"].endswith("teacher-rte")
     assert set(run["stages"]["stage1"]["final"]) == {"loss/emb", "loss/hid", "loss/att", "loss/total"}
     assert set(run["stages"]["stage2"]["final"]) == {"loss/pred", "loss/hard", "loss/total"}
@@ -238,10 +253,18 @@ def test_merge_results_makes_one_table(tmp_path):
 
     paths = []
     for label, acc in (("teacher", 70.0), ("student", 65.0)):
-        result = {"label": label, "glue_macro": acc,
-                  "tasks": {"rte": {"combined": {"mean": acc}, "metrics": {"accuracy": {"mean": acc, "std": 0.0}}}}}
+        result = {"label": label, "model": label, "tasks": {"rte": {"chosen": "c", "cells": {"c": {"runs": [
+            {"seed": 0, "metrics": {"accuracy": acc}, "combined": acc}]}}}}}
         (tmp_path / f"{label}.json").write_text(json.dumps(result))
         paths.append(tmp_path / f"{label}.json")
     lines = merge_results(paths).splitlines()
-    assert lines[0] == "| model | RTE acc | macro |"
-    assert lines[2:] == ["| teacher | 70.0 | 70.0 |", "| student | 65.0 | 65.0 |"]
+    assert lines[0] == "| model | RTE acc | score | runs |"
+    assert lines[2:] == ["| teacher | 70.0 | 70.0 | 1 |", "| student | 65.0 | 65.0 | 1 |"]
+
+
+def test_finetune_train_dict_cannot_silently_override_the_fine_tuning_config():
+    from kd_core.glue.finetune import FinetuneConfig, train_config
+
+    assert train_config(FinetuneConfig(train={"max_grad_norm": 0.5}), 320, 0).max_grad_norm == 0.5
+    with pytest.raises(UserError, match=r"finetune.train sets \['lr'\]"):
+        train_config(FinetuneConfig(lr=5e-5, train={"lr": 1e-3}), 320, 0)

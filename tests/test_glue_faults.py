@@ -17,8 +17,9 @@ from kd_core.toy import tiny_bert_teacher, write_tiny_glue
 from kd_core.glue import finetune as finetune_module
 from kd_core.glue import grid as grid_module
 from kd_core.glue.finetune import FinetuneConfig
-from kd_core.glue.grid import GridConfig, choose_cell, run_grid, summarise_cell
-from kd_core.glue.metrics import DivergedError, glue_macro, split_metrics
+from kd_core.glue.grid import GridConfig, run_grid
+from kd_core.glue.metrics import DivergedError, split_metrics
+from kd_core.glue.results import Cell, ModelResults, Run, TaskResult, choose
 from kd_core.glue.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +56,12 @@ def test_diverged_cell_is_recorded_the_finite_cell_chosen_and_not_retried(tiny_m
     grid = GridConfig(lrs=[1e6, 1e-3], batch_sizes=[8], seeds=2, finetune=FinetuneConfig(epochs=2, max_len=32))
     out = tmp_path / "grid"
     results = run_grid(str(tiny_model), [get_task("rte")], str(tiny_glue), grid, out)
-    rte = results["tasks"]["rte"]
-    bad, good = rte["cells"]["lr1e+06_bs8"], rte["cells"]["lr0.001_bs8"]
-    assert (bad["n_failed"], bad["metrics"], good["n_failed"]) == (2, None, 0)
-    assert [f["seed"] for f in bad["failed"]] == [0, 1] and "finite" in bad["failed"][0]["error"]
-    assert rte["chosen"] == "lr0.001_bs8" and (rte["status"], rte["n_runs"], rte["n_failed"]) == ("ok", 4, 2)
-    assert math.isfinite(results["glue_macro"]) and results["glue_macro"] == rte["combined"]["median"]
+    rte = results.tasks["rte"]
+    bad, good = rte.cells["lr1e+06_bs8"], rte.cells["lr0.001_bs8"]
+    assert (len(bad.failed), bad.metrics(), len(good.failed)) == (2, None, 0)
+    assert [r.seed for r in bad.failed] == [0, 1] and "finite" in bad.failed[0].error
+    assert rte.chosen == "lr0.001_bs8" and (rte.n_runs, rte.n_failed) == (4, 2)
+    assert math.isfinite(results.score) and results.score == pytest.approx(np.mean([r.combined for r in good.runs]))
     record = json.loads((out / "rte" / "lr1e+06_bs8" / "seed0" / "result.json").read_text())
     assert record["status"] == "diverged" and "\n" not in record["error"]
     note = "task rte: 2 of 4 runs diverged (lr1e+06_bs8 seeds 0, 1"
@@ -73,7 +74,7 @@ def test_diverged_cell_is_recorded_the_finite_cell_chosen_and_not_retried(tiny_m
 
     monkeypatch.setattr(grid_module, "finetune_and_evaluate", no_training)
     again = run_grid(str(tiny_model), [get_task("rte")], str(tiny_glue), grid, out)
-    assert again["tasks"]["rte"]["chosen"] == "lr0.001_bs8" and again["tasks"]["rte"]["n_failed"] == 2
+    assert again.tasks["rte"].chosen == "lr0.001_bs8" and again.tasks["rte"].n_failed == 2
     assert "(diverged; delete its result.json to retry)" in capsys.readouterr().out
 
 
@@ -90,16 +91,16 @@ def test_nan_predictions_fail_the_task_and_the_macro_says_why(tiny_model, tiny_g
     grid = GridConfig(lrs=[1e-3], batch_sizes=[8], seeds=1, finetune=FinetuneConfig(epochs=2, max_len=32))
     out = tmp_path / "grid"
     results = run_grid(str(tiny_model), [get_task("rte"), get_task("stsb")], str(tiny_glue), grid, out)
-    rte, stsb = results["tasks"]["rte"], results["tasks"]["stsb"]
-    assert (rte["status"], rte["chosen"], rte["metrics"], rte["combined"]) == ("failed", None, None, None)
-    assert "predictions are not finite" in rte["cells"]["lr0.001_bs8"]["failed"][0]["error"]
-    assert stsb["status"] == "ok" and math.isfinite(stsb["combined"]["median"])
-    assert results["glue_macro"] is None and results["glue_macro_without_wnli"] is None
-    assert "rte" in results["glue_macro_reason"]
+    rte, stsb = results.tasks["rte"], results.tasks["stsb"]
+    assert (rte.chosen, rte.metrics, rte.score) == (None, None, None)
+    assert "predictions are not finite" in rte.cells["lr0.001_bs8"].failed[0].error
+    assert math.isfinite(stsb.score)
+    assert results.score is None and results.score_without_wnli is None
+    assert "rte" in results.score_note()
     text = (out / "results.json").read_text()
     assert "NaN" not in text and json.loads(text)["tasks"]["rte"]["status"] == "failed"
     table = (out / "results.md").read_text().splitlines()
-    assert table[0].endswith("| RTE acc | macro |") and table[2].endswith("| failed | – |")
+    assert table[0].endswith("| RTE acc | score | runs |") and table[2].endswith("| failed | – | 0 |")
     assert "task rte: 1 of 1 runs diverged (lr0.001_bs8 seed 0; errors in results.json): no score" in table[-1]
 
 
@@ -114,32 +115,34 @@ def test_nan_or_undefined_scores_are_divergence_not_a_crash():
         split_metrics(TASKS["stsb"], np.full(4, 2.5), np.array([1.0, 2.0, 3.0, 4.0]))
 
 
-def _run(seed: int, accuracy: float | None) -> dict:
+def _run(seed: int, accuracy: float | None) -> Run:
     if accuracy is None:
-        return {"status": "diverged", "error": "non-finite", "seed": seed}
-    return {"status": "ok", "seed": seed, "metrics": {"accuracy": accuracy}, "combined": accuracy}
+        return Run.from_json({"status": "diverged", "error": "non-finite", "seed": seed})
+    return Run.from_json({"status": "ok", "seed": seed, "metrics": {"accuracy": accuracy}, "combined": accuracy})
 
 
-def test_a_failed_seed_ranks_as_the_worst_score():
-    rte = TASKS["rte"]
-    cells = {"stable": summarise_cell(rte, [_run(0, 69.0), _run(1, 69.5), _run(2, 69.2)]),
-             "one_failed": summarise_cell(rte, [_run(0, 72.0), _run(1, 71.0), _run(2, None)]),
-             "lucky": summarise_cell(rte, [_run(0, 90.0), _run(1, None), _run(2, None)]),
-             "dead": summarise_cell(rte, [_run(0, None), _run(1, None), _run(2, None)]),
-             "old_nan": summarise_cell(rte, [{"seed": 0, "metrics": {"accuracy": math.nan}, "combined": math.nan}])}
-    assert cells["one_failed"]["metrics"]["accuracy"]["median"] == 71.5  # over the finite seeds
-    assert (cells["lucky"]["n_failed"], cells["dead"]["metrics"], cells["old_nan"]["n_failed"]) == (2, None, 1)
-    assert choose_cell(rte, cells) == "one_failed"  # median(72, 71, worst) = 71 > 69.2 > median(90, worst, worst)
-    assert choose_cell(rte, {k: cells[k] for k in ("stable", "lucky")}) == "stable"
-    assert choose_cell(rte, {k: cells[k] for k in ("lucky", "dead")}) == "lucky"
-    assert choose_cell(rte, {k: cells[k] for k in ("dead", "old_nan")}) is None
+def test_a_cell_with_a_failed_seed_ranks_below_every_cell_without_one():
+    cells = {"stable": Cell([_run(0, 69.0), _run(1, 69.5), _run(2, 69.2)]),
+             "one_failed": Cell([_run(0, 72.0), _run(1, 71.0), _run(2, None)]),
+             "lucky": Cell([_run(0, 90.0), _run(1, None), _run(2, None)]),
+             "dead": Cell([_run(0, None), _run(1, None), _run(2, None)]),
+             "old_nan": Cell([Run.from_json({"seed": 0, "metrics": {"accuracy": math.nan}, "combined": math.nan})])}
+    assert cells["one_failed"].metrics()["accuracy"]["mean"] == 71.5  # over the finite seeds
+    assert (len(cells["lucky"].failed), cells["dead"].metrics(), len(cells["old_nan"].failed)) == (2, None, 1)
+    assert choose(cells) == "stable"  # 72/71 and a diverged seed lose to a cell that never diverged
+    assert choose({k: cells[k] for k in ("one_failed", "lucky")}) == "lucky"  # both failed: by score, 90 > 71.5
+    assert choose({k: cells[k] for k in ("lucky", "dead")}) == "lucky"
+    assert choose({k: cells[k] for k in ("dead", "old_nan")}) is None
 
 
-def test_macro_is_none_with_the_reason_when_a_task_failed():
-    assert glue_macro({"rte": 60.0, "wnli": None}) == {
-        "glue_macro": None, "glue_macro_without_wnli": 60.0,
-        "glue_macro_reason": "not computed: every run of wnli diverged"}
-    assert glue_macro({"rte": None})["glue_macro"] is None
+def test_score_is_none_with_the_reason_when_a_task_failed():
+    ok = TaskResult("rte", {"c": Cell([_run(0, 60.0), _run(1, 62.0)])})
+    dead = TaskResult("wnli", {"c": Cell([_run(0, None)])})
+    results = ModelResults("m", "m", {"rte": ok, "wnli": dead})
+    assert (results.score, results.score_without_wnli) == (None, 61.0)
+    assert results.score_note() == "not computed: every run of wnli diverged"
+    saved = results.to_json()
+    assert (saved["glue_macro"], saved["glue_macro_without_wnli"], saved["tasks"]["wnli"]["status"]) == (None, 61.0, "failed")
 
 
 # ---- the CLI's bad inputs --------------------------------------------------------------------------------

@@ -88,4 +88,4 @@ def test_distillation_run_resume_and_glue_fine_tuning(roberta, tmp_path):
     grid = GridConfig(lrs=[1e-3], batch_sizes=[16], seeds=1)
     grid.finetune.epochs, grid.finetune.max_len = 2.0, 32
     results = run_grid(str(out / "final"), [get_task("rte"), get_task("stsb")], str(glue), grid, tmp_path / "glue_run")
-    assert results["glue_macro"] is not None and 0 <= results["tasks"]["rte"]["metrics"]["accuracy"]["median"] <= 100
+    assert results.score is not None and 0 <= results.tasks["rte"].metrics["accuracy"]["mean"] <= 100

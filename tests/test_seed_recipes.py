@@ -36,7 +36,8 @@ def test_greek_table1_smoke(tmp_path):
     claim = next(line for line in table.splitlines()
                  if line.startswith("| BERT (1,5,8,12): ours, init [0, 5] - control: truncated"))
     cells = claim.split(" | ")
-    assert cells[1] == "4, 2" and cells[3].startswith("[") and cells[5] in ("yes", "no")  # runs A, B; interval
+    assert cells[1] == "4, 2" and cells[3].startswith("[") and cells[6].startswith(("yes", "no"))  # runs A, B; interval
+    assert cells[7] == "dev examples, fine-tuning seeds, distillation seeds"  # what the interval covers
     assert "  seed: 1\n" in (tmp_path / "greek_cos_seed1" / "config.yaml").read_text()
     teacherless = keys_logged(tmp_path / "teacherless")
     assert "loss/mlm" in teacherless and "loss/cos" not in teacherless
@@ -129,11 +130,12 @@ def test_electra_ablation_smoke(tmp_path):
 
 
 def test_ordering_note_says_when_rankings_disagree():
+    from kd_core.glue.results import ModelResults
     from scales import ordering_note
 
     def result(label, rte, wnli):
-        return {"label": label, "tasks": {t: {"metrics": {"accuracy": {"mean": v}}}
-                                          for t, v in (("rte", rte), ("wnli", wnli))}}
+        return ModelResults.from_json({"label": label, "tasks": {t: {"chosen": "c", "cells": {"c": {"runs": [
+            {"seed": 0, "metrics": {"accuracy": v}, "combined": v}]}}} for t, v in (("rte", rte), ("wnli", wnli))}})
 
     refs = [{"label": "A (quoted)", "scores": {"rte": {"accuracy": 60.0}, "wnli": {"accuracy": 50.0}}},
             {"label": "B (quoted)", "scores": {"rte": {"accuracy": 50.0}, "wnli": {"accuracy": 50.0}}}]
@@ -148,8 +150,10 @@ def test_ordering_note_says_when_rankings_disagree():
 
 
 def test_ordering_note_tests_each_step_of_the_ranking():
-    """With per-example predictions, each step of our ranking gets its interval; noise is said to be noise."""
+    """With per-example predictions, each step of our ranking gets its interval; what it cannot resolve is said to be
+    unresolved, with what it could detect."""
     import numpy as np
+    from kd_core.glue.results import ModelResults
     from scales import ordering_note
 
     rng = np.random.default_rng(0)
@@ -157,10 +161,9 @@ def test_ordering_note_tests_each_step_of_the_ranking():
 
     def result(label, predictions):
         accuracy = 100 * float(np.mean(predictions == labels))
-        run = {"metrics": {"accuracy": accuracy}, "dev_examples": {"dev": {
-            "predictions": predictions.tolist(), "labels": labels.tolist()}}}
-        return {"label": label, "tasks": {"rte": {"metrics": {"accuracy": {"mean": accuracy}}, "chosen": "c",
-                                                  "cells": {"c": {"runs": [run]}}}}}
+        runs = [{"seed": seed, "metrics": {"accuracy": accuracy}, "combined": accuracy, "dev_examples": {"dev": {
+            "predictions": predictions.tolist(), "labels": labels.tolist()}}} for seed in (0, 1)]
+        return ModelResults.from_json({"label": label, "tasks": {"rte": {"chosen": "c", "cells": {"c": {"runs": runs}}}}})
 
     good, coin = labels.copy(), rng.integers(0, 2, 300)
     near = coin.copy()
@@ -170,13 +173,18 @@ def test_ordering_note_tests_each_step_of_the_ranking():
     note = ordering_note([result("A", good), result("B", near), result("C", coin)], refs, pairs)
     assert "this agrees" in note and "A - B = +" in note
     step_ab, step_bc = note.split("A - B = ")[1].split(";")[0], note.split("B - C = ")[1]
-    assert "within noise" not in step_ab and "within noise" in step_bc
+    assert "not resolved" not in step_ab and "not resolved (detectable: " in step_bc
     assert "(1 of 2 steps not resolved by this data)" in note
 
 
 @pytest.mark.parametrize("argv, expected", [
     (["greek_table1.py", "--scale", "smoke", "--distill-seeds", "0"], "--distill-seeds 0: give 1 or more"),
     (["distilbert_table4.py", "--scale", "paper", "--dry-run"], "--scale paper needs --corpus"),
+    # smoke numbers once overwrote a committed table: only --results writes into results/, never at smoke scale
+    (["greek_table1.py", "--scale", "smoke", "--results", str(RECIPES.parent / "results" / "greek_table1.md")],
+     "smoke-scale numbers never go into results/"),
+    (["distilbert_table3.py", "--scale", "smoke", "--results", str(RECIPES.parent / "results" / "x.md")],
+     "smoke-scale numbers never go into results/"),
 ])
 def test_recipe_user_errors_are_one_line(argv, expected, tmp_path):
     """What a user runs: the script itself, exit 2 and one `error:` line, no traceback, nothing written."""

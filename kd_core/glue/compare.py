@@ -1,13 +1,18 @@
-"""Is the difference between two models on a dev set real? A paired bootstrap over dev examples,
-combined over fine-tuning seeds.
+"""Is the difference between two models real? A bootstrap that redraws every source of variance.
 
     python -m kd_core.glue.compare RUN_A/results.json RUN_B/results.json [--boot 2000] [--seed 0]
 
-For each task both runs have (their chosen cells, finite seeds only) and each dev split: the mean over
-seeds of the task's primary metric for A and for B, the difference A - B, its 95% percentile interval
-and a two-sided p-value. Each bootstrap replicate draws dev examples with replacement, the same draw for
-every seed of both models (paired), and recomputes every seed's metric on it. A difference counts as
-significant only when its interval excludes 0.
+A score difference between two rows varies with three things: which dev examples were drawn (the dev set is a
+sample), which fine-tuning seeds ran, and, for a distilled row, which distillation seeds. Each bootstrap replicate
+redraws all three: the dev examples with replacement (the same draw for both models: paired), and for each model
+its distillation seeds with replacement, then within each drawn distillation seed its fine-tuning runs with
+replacement (a two-stage cluster bootstrap, Davison & Hinkley 1997, section 3.8: resampling at both stages counts
+the within-seed variance once more than it occurs, so the interval errs wide, never narrow). Each run's metric is
+recomputed on the drawn examples and the drawn runs averaged. The difference A - B (means over all runs, all
+examples), its 95% percentile interval, a two-sided p-value and the standard error follow; "significant" only when
+the interval excludes 0. The minimum detectable effect is 2.8 standard errors (a two-sided 5% test with 80%
+power): a difference below it is "not resolved at this budget", never "no effect". A row with one run cannot show
+seed variance: its claims say they cover dev examples only.
 """
 from __future__ import annotations
 
@@ -24,11 +29,12 @@ from scipy.stats import rankdata
 
 from ..cli import exit_code_of
 from ..errors import UserError
-from .grid import summarise_cell
-from .metrics import SPLIT_SUFFIX, _scores, glue_macro
+from .metrics import SPLIT_SUFFIX, _scores
+from .results import ModelResults, Run, load_results
 from .tasks import Task, get_task
 
 Score = Callable[[np.ndarray, np.ndarray], float]
+POWER_Z = 1.96 + 0.84  # two-sided 5% test, 80% power
 
 
 @dataclass
@@ -39,11 +45,14 @@ class Difference:
     a_std: float
     b_mean: float
     b_std: float
-    diff: float  # mean over A's seeds minus mean over B's seeds
+    diff: float  # mean over A's runs minus mean over B's runs
     low: float  # 95% percentile interval of the difference
     high: float
     p_value: float  # two-sided: 2 x the smaller share of replicates on either side of 0
     significant: bool  # the interval excludes 0
+    se: float  # bootstrap standard error of the difference
+    mde: float  # minimum detectable effect (80% power, 5% two-sided)
+    sources: str  # the sources of variance the interval covers
     seeds_a: int
     seeds_b: int
     examples: int
@@ -51,16 +60,26 @@ class Difference:
 
 
 def metric_of(task: Task, split: str) -> tuple[str, Score]:
-    """The task's primary metric on one dev split, as a function of (predictions, labels)."""
-    name = task.primary
+    """The task's score on one dev split as a function of (predictions, labels): the mean of its metrics there
+    (kd_core.glue.results' score: MRPC F1 and accuracy, STS-B Pearson and Spearman; MNLI's split its accuracy)."""
+    names = split_metrics_of(task, split)
+    return "/".join(names), lambda predictions, labels: statistics.fmean(
+        _scores(task, predictions, labels, split)[n] for n in names)
+
+
+def split_metrics_of(task: Task, split: str) -> list[str]:
     if split in SPLIT_SUFFIX:  # MNLI: accuracy_m on dev_matched, accuracy_mm on dev_mismatched
-        name = task.primary.removesuffix(SPLIT_SUFFIX["dev_matched"]) + SPLIT_SUFFIX[split]
-    return name, lambda predictions, labels: _scores(task, predictions, labels, split)[name]
+        return [task.primary.removesuffix(SPLIT_SUFFIX["dev_matched"]) + SPLIT_SUFFIX[split]]
+    return list(task.metrics)
 
 
 def rowwise(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Metric `name` on every row of (replicates, examples) predictions and labels at once, in percent: the
-    bootstrap's fast path, equal row by row to kd_core.glue.metrics' scikit-learn and scipy values (tested)."""
+    """Metric `name` ("f1/accuracy": their mean) on every row of (replicates, examples) predictions and labels at
+    once, in percent: the bootstrap's fast path, equal row by row to kd_core.glue.metrics' scikit-learn and scipy
+    values (tested)."""
+    if "/" in name:
+        parts = [rowwise(n) for n in name.split("/")]
+        return lambda p, y: np.mean([f(p, y) for f in parts], axis=0)
     base = name.removesuffix("_mm").removesuffix("_m")
 
     def pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -86,158 +105,179 @@ def rowwise(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 
 @dataclass
 class Block:
-    """One dev split of one task: its metric, labels and each seed's predictions of A and of B; `weight`
-    is its share of the difference (1 for one split; 1/(splits x tasks) inside a macro)."""
+    """One dev split of one task: its metric, labels and each run's predictions of A and of B; `weight` is its
+    share of the difference (1 for one split; 1/(splits x tasks) inside a macro). `groups_a`/`groups_b` name each
+    run's distillation seed (None: all one seed); blocks with the same `key` (the dev splits of one task) share
+    their run draws, as the same runs predicted them."""
     score: Score
     labels: np.ndarray
     a: list[np.ndarray]
     b: list[np.ndarray]
     weight: float = 1.0
     rows: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # the metric over many draws at once
+    key: str = ""
+    groups_a: list[str] | None = None
+    groups_b: list[str] | None = None
+    split: str = "dev"
 
 
-def paired_bootstrap(blocks: list[Block], replicates: int = 2000, seed: int = 0) -> dict[str, float]:
-    """The weighted sum over blocks of (mean over A's seeds - mean over B's seeds) of the metric, with its
-    95% percentile interval and two-sided p-value; each replicate redraws every block's examples."""
+def run_weights(groups: list[str], group_draws: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(replicates, runs) counts: each replicate's drawn distillation seeds (`group_draws`, (replicates, seeds)
+    indices into the distinct groups) and, within each drawn seed, its runs drawn with replacement."""
+    names = list(dict.fromkeys(groups))
+    members = [np.flatnonzero(np.asarray(groups) == g) for g in names]
+    sizes = np.array([len(m) for m in members])
+    padded = np.array([np.pad(m, (0, sizes.max() - len(m))) for m in members])  # (groups, most runs in a group)
+    replicates, slots = group_draws.shape
+    within = (rng.random((replicates, slots, sizes.max())) * sizes[group_draws][..., None]).astype(int)
+    picked = padded[group_draws[..., None], within]  # (replicates, slots, most runs): run indices
+    valid = np.arange(sizes.max()) < sizes[group_draws][..., None]
+    weights = np.zeros((replicates, len(groups)))
+    np.add.at(weights, (np.broadcast_to(np.arange(replicates)[:, None, None], picked.shape)[valid], picked[valid]), 1.0)
+    return weights
+
+
+def sources_of(blocks: list[Block]) -> str:
+    """Which sources of variance an interval over these blocks covers."""
+    runs = min(min(len(k.a), len(k.b)) for k in blocks)
+    seeds = min(len(set(k.groups_a or [""])) for k in blocks), min(len(set(k.groups_b or [""])) for k in blocks)
+    if runs < 2:
+        return "dev examples only (a row with one run shows no seed variance)"
+    return "dev examples, fine-tuning seeds" + (", distillation seeds" if max(seeds) > 1 else "")
+
+
+def paired_bootstrap(blocks: list[Block], replicates: int = 2000, seed: int = 0) -> dict:
+    """The weighted sum over blocks of (mean over A's runs - mean over B's runs) of the metric, with its 95%
+    percentile interval, two-sided p-value, standard error and minimum detectable effect; each replicate redraws
+    every block's examples (paired) and each model's runs (two stages: distillation seeds, then fine-tuning seeds)."""
     for block in blocks:
         if any(len(p) != len(block.labels) for p in (*block.a, *block.b)):
             raise UserError("the two models were evaluated on dev sets of different sizes: compare runs on the same data")
-
-    def mean_score(k: Block, side: list[np.ndarray], i: np.ndarray) -> float | np.ndarray:
-        if k.rows is not None and i.ndim == 2:  # every replicate at once
-            return np.mean([k.rows(p[i], k.labels[i]) for p in side], axis=0)
-        return statistics.fmean(k.score(p[i], k.labels[i]) for p in side)
-
-    def diff(draw: list[np.ndarray]):
-        return sum(k.weight * (mean_score(k, k.a, i) - mean_score(k, k.b, i)) for k, i in zip(blocks, draw))
-
     rng = np.random.default_rng(seed)
-    picks = [[rng.integers(0, len(k.labels), len(k.labels)) for k in blocks] for _ in range(replicates)]
-    if all(k.rows is not None for k in blocks):
-        draws = np.asarray(diff([np.stack([pick[j] for pick in picks]) for j in range(len(blocks))]), dtype=float)
-    else:
-        draws = np.array([diff(pick) for pick in picks])
-    draws = draws[np.isfinite(draws)]  # a resample can make a correlation undefined (constant labels)
-    observed = diff([np.arange(len(k.labels)) for k in blocks])
+    picks = [rng.integers(0, len(k.labels), (replicates, len(k.labels))) for k in blocks]
+    weights: dict[tuple[str, str], np.ndarray] = {}
+    for side in ("a", "b"):
+        groups = {k.key: getattr(k, f"groups_{side}") or [""] * len(getattr(k, side)) for k in blocks}
+        n_groups = max(len(set(g)) for g in groups.values())
+        group_draws = rng.integers(0, n_groups, (replicates, n_groups))  # shared by every task: one distilled model
+        for key, g in groups.items():
+            weights[side, key] = run_weights(g, group_draws % len(set(g)), rng)
+
+    def side_scores(k: Block, side: str, pick: np.ndarray) -> np.ndarray:
+        """(replicates,) weighted mean over the side's runs of the metric on each replicate's examples."""
+        runs = getattr(k, side)
+        if k.rows is not None:
+            per_run = np.stack([k.rows(p[pick], k.labels[pick]) for p in runs], axis=1)
+        else:
+            per_run = np.array([[k.score(p[i], k.labels[i]) for p in runs] for i in pick])
+        w = weights[side, k.key]
+        return (w * per_run).sum(1) / w.sum(1)
+
+    with np.errstate(invalid="ignore"):  # a resample can make a correlation undefined (constant labels): dropped
+        draws = sum(k.weight * (side_scores(k, "a", p) - side_scores(k, "b", p)) for k, p in zip(blocks, picks))
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    observed = sum(k.weight * (statistics.fmean(k.score(p, k.labels) for p in k.a)
+                               - statistics.fmean(k.score(p, k.labels) for p in k.b)) for k in blocks)
     below, above = float(np.mean(draws <= 0)), float(np.mean(draws >= 0))
     low, high = (float(q) for q in np.percentile(draws, [2.5, 97.5]))
-    return {"diff": observed, "low": low, "high": high, "p_value": min(1.0, 2 * min(below, above)),
-            "significant": bool(low > 0 or high < 0), "replicates": int(len(draws))}
+    se = float(np.std(draws, ddof=1))
+    return {"diff": float(observed), "low": low, "high": high, "p_value": min(1.0, 2 * min(below, above)),
+            "significant": bool(low > 0 or high < 0), "se": se, "mde": POWER_Z * se, "sources": sources_of(blocks),
+            "replicates": int(len(draws))}
 
 
-def task_blocks(a: dict, b: dict, name: str, weight: float = 1.0) -> list[Block]:
-    """A block per dev split of task `name` from two results.json (chosen cells, finite seeds)."""
+def planned_mde(n_examples: int, runs_a: int, runs_b: int, seed_std: float, accuracy: float = 75.0) -> float:
+    """The smallest accuracy difference (points) a comparison can resolve before it runs: 2.8 standard errors, the
+    seed term seed_std^2 (1/runs_a + 1/runs_b) plus the dev-example term of two independent accuracies (an upper
+    bound: paired predictions that agree on most examples vary less)."""
+    p = accuracy / 100
+    example_var = 2 * p * (1 - p) / n_examples * 100 ** 2
+    return POWER_Z * float(np.sqrt(seed_std ** 2 * (1 / runs_a + 1 / runs_b) + example_var))
+
+
+def _groups(runs: list[Run]) -> list[str]:
+    return [r.source or "" for r in runs]
+
+
+def task_blocks(a: ModelResults, b: ModelResults, name: str, weight: float = 1.0) -> list[Block]:
+    """A block per dev split of task `name` from two models' results (chosen cells, finite runs)."""
     task = get_task(name)
-    runs_a, runs_b = finite_runs(a["tasks"][name]), finite_runs(b["tasks"][name])
-    if not runs_a or not runs_b:
-        raise UserError(f"{name}: no finished run with per-example predictions in "
-                        f"{'the first' if not runs_a else 'the second'} results.json (runs from before "
-                        "predictions were kept, or every run diverged): fine-tune again")
-    splits = list(runs_a[0]["dev_examples"])
+    runs_a, runs_b = a.tasks[name].runs, b.tasks[name].runs
+    missing = [which for which, runs in (("the first", runs_a), ("the second", runs_b))
+               if not runs or not all(r.has_predictions for r in runs)]
+    if missing:
+        raise UserError(f"{name}: no finished run with per-example predictions in {missing[0]} results (runs from "
+                        "before predictions were kept, or every run diverged): fine-tune again")
     blocks = []
+    splits = list(runs_a[0].record["dev_examples"])
     for split in splits:
-        labels = np.asarray(runs_a[0]["dev_examples"][split]["labels"])
-        if not np.array_equal(labels, np.asarray(runs_b[0]["dev_examples"][split]["labels"])):
+        labels = runs_a[0].dev(split)[1]
+        if not np.array_equal(labels, runs_b[0].dev(split)[1]):
             raise UserError(f"{name} {split}: the runs' dev labels differ: compare runs on the same dev set")
-        preds = [[np.asarray(r["dev_examples"][split]["predictions"]) for r in runs] for runs in (runs_a, runs_b)]
-        name, score = metric_of(task, split)
-        blocks.append(Block(score, labels, preds[0], preds[1], weight / len(splits), rowwise(name)))
+        metric, score = metric_of(task, split)
+        blocks.append(Block(score, labels, [r.dev(split)[0] for r in runs_a], [r.dev(split)[0] for r in runs_b],
+                            weight / len(splits), rowwise(metric), name, _groups(runs_a), _groups(runs_b), split))
     return blocks
 
 
-def has_predictions(results: dict, tasks: list[str]) -> bool:
-    """Does every task hold finished runs with per-example predictions (a summary of quoted scores does not)?"""
-    return all("cells" in results["tasks"].get(t, {}) and finite_runs(results["tasks"][t]) for t in tasks)
-
-
-def macro_difference(a: dict, b: dict, tasks: list[str], replicates: int = 1000, seed: int = 0) -> dict[str, float]:
-    """A - B in the macro over `tasks` of each task's primary metric (mean over its dev splits)."""
+def macro_difference(a: ModelResults, b: ModelResults, tasks: list[str], replicates: int = 2000,
+                     seed: int = 0) -> dict:
+    """A - B in the GLUE score over `tasks` (kd_core.glue.results: each task's combined metric, the mean of its dev splits)."""
     return paired_bootstrap([k for t in tasks for k in task_blocks(a, b, t, 1 / len(tasks))], replicates, seed)
-
-
-def finite_runs(task_result: dict) -> list[dict]:
-    cell = task_result["cells"][task_result["chosen"]]
-    return [r for r in cell["runs"] if r.get("status", "ok") == "ok" and "dev_examples" in r]
-
-
-def compare_results(a: dict, b: dict, replicates: int = 2000, seed: int = 0) -> list[Difference]:
-    common = [t for t in a["tasks"] if t in b["tasks"]]
-    if not common:
-        raise UserError(f"the two runs share no task ({sorted(a['tasks'])} vs {sorted(b['tasks'])})")
-    rows = []
-    for name in common:
-        task = get_task(name)
-        for split, block in zip(finite_runs(a["tasks"][name])[0]["dev_examples"], task_blocks(a, b, name)):
-            block.weight = 1.0  # each split reported on its own
-            per_seed = [[block.score(p, block.labels) for p in side] for side in (block.a, block.b)]
-            test = paired_bootstrap([block], replicates, seed)
-            rows.append(Difference(name, metric_of(task, split)[0], *mean_std(per_seed[0]), *mean_std(per_seed[1]),
-                                   test["diff"], test["low"], test["high"], test["p_value"], test["significant"],
-                                   len(block.a), len(block.b), len(block.labels), test["replicates"]))
-    return rows
-
-
-def seed_run_dirs(run_dir: Path, seeds: int) -> list[Path]:
-    """The run directories of `seeds` distillation seeds of one row: run_dir, then <run_dir>_seed1, ..."""
-    return [run_dir] + [run_dir.with_name(f"{run_dir.name}_seed{k}") for k in range(1, seeds)]
-
-
-def pool_seeds(results: list[dict], label: str) -> dict:
-    """One model's row from runs of the same recipe with different distillation seeds: per task, the runs of
-    each result's chosen cell pooled (distillation seeds x fine-tuning seeds), summarised as one cell."""
-    tasks = {}
-    for name in results[0]["tasks"]:
-        runs = [dict(run, source=r["model"]) for r in results for run in r["tasks"][name]["cells"][r["tasks"][name]["chosen"]]["runs"]]
-        cell = summarise_cell(get_task(name), runs)
-        tasks[name] = {"status": "ok" if cell["metrics"] else "failed", "cells": {"pooled": cell}, "chosen": "pooled",
-                       "metrics": cell["metrics"], "combined": cell["combined"], "primary": get_task(name).primary,
-                       "n_runs": len(runs), "n_failed": cell["n_failed"]}
-    combined = {name: t["combined"]["median"] if t["combined"] else None for name, t in tasks.items()}
-    return {"label": label, "model": results[0]["model"], "models": [r["model"] for r in results], "tasks": tasks,
-            **glue_macro(combined), "pooled_from": len(results)}
-
-
-def seeds_of(result: dict) -> int:
-    """Finished runs behind a row's score (fine-tuning seeds, times distillation seeds when pooled)."""
-    return min(len(finite_runs(task)) for task in result["tasks"].values())
-
-
-def claims_table(pairs: list[tuple[dict, dict]], tasks: list[str]) -> list[str]:
-    """The claims of a table: each (A, B) as A - B in macro over `tasks`, a paired bootstrap over dev examples with
-    seeds combined (95% interval, p), and each task's difference (* where its interval excludes 0)."""
-    lines = ["| comparison (A - B) | runs A, B | macro A - B | 95% interval | p | significant | "
-             "per task A - B (* = interval excludes 0) |", "|---|---|---|---|---|---|---|"]
-    for a, b in pairs:
-        d = macro_difference(a, b, tasks, replicates=2000)
-        per_task = ", ".join(f"{r.task} {r.metric} {r.diff:+.1f}{'*' if r.significant else ''}"
-                             for r in compare_results({**a, "tasks": {t: a["tasks"][t] for t in tasks}}, b, 1000))
-        lines.append(f"| {a['label']} - {b['label']} | {seeds_of(a)}, {seeds_of(b)} | {d['diff']:+.2f} | "
-                     f"[{d['low']:+.2f}, {d['high']:+.2f}] | {d['p_value']:.3f} | {'yes' if d['significant'] else 'no'} | "
-                     f"{per_task} |")
-    return lines
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def compare_results(a: ModelResults, b: ModelResults, replicates: int = 2000, seed: int = 0) -> list[Difference]:
+    """Each dev split of each task both models have, on its own."""
+    common = [t for t in a.tasks if t in b.tasks]
+    if not common:
+        raise UserError(f"the two runs share no task ({sorted(a.tasks)} vs {sorted(b.tasks)})")
+    rows = []
+    for name in common:
+        for block in task_blocks(a, b, name):
+            block.weight = 1.0  # each split reported on its own
+            per_run = [[block.score(p, block.labels) for p in side] for side in (block.a, block.b)]
+            test = paired_bootstrap([block], replicates, seed)
+            rows.append(Difference(name, metric_of(get_task(name), block.split)[0], *mean_std(per_run[0]),
+                                   *mean_std(per_run[1]), test["diff"], test["low"], test["high"], test["p_value"],
+                                   test["significant"], test["se"], test["mde"], test["sources"], len(block.a),
+                                   len(block.b), len(block.labels), test["replicates"]))
+    return rows
+
+
+def verdict(d: dict) -> str:
+    """'yes', or 'no (cannot resolve below X)' for a difference whose interval includes 0."""
+    return "yes" if d["significant"] else f"no (cannot resolve below {d['mde']:.1f})"
+
+
+def claims_table(pairs: list[tuple[ModelResults, ModelResults]], tasks: list[str], replicates: int = 2000) -> list[str]:
+    """The claims of a table: each (A, B) as A - B in the GLUE score over `tasks` (as kd_core.glue.results defines it), by the
+    bootstrap over runs and dev examples (95% interval, p, minimum detectable effect, the sources it covers), and
+    each task's difference (* where its own interval excludes 0)."""
+    lines = ["| comparison (A - B) | runs A, B | macro A - B | 95% interval | p | detectable (80% power) | "
+             "significant | covers | per task A - B (* = interval excludes 0) |", "|---|---|---|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        d = macro_difference(a, b, tasks, replicates)
+        per_task = ", ".join(f"{r.task} {r.metric} {r.diff:+.1f}{'*' if r.significant else ''}"
+                             for r in compare_results(a.restricted(tasks), b, max(replicates // 2, 200)))
+        lines.append(f"| {a.label} - {b.label} | {a.n_runs}, {b.n_runs} | {d['diff']:+.2f} | "
+                     f"[{d['low']:+.2f}, {d['high']:+.2f}] | {d['p_value']:.3f} | {d['mde']:.2f} | {verdict(d)} | "
+                     f"{d['sources']} | {per_task} |")
+    return lines
+
+
 def markdown(rows: list[Difference], label_a: str, label_b: str) -> str:
-    lines = [f"| task | metric | {label_a} (mean ± std, seeds) | {label_b} (mean ± std, seeds) | difference | 95% interval "
-             "| p | significant |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| task | metric | {label_a} (mean ± std, runs) | {label_b} (mean ± std, runs) | difference | 95% interval "
+             "| p | detectable (80% power) | significant | covers |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.task} | {r.metric} | {r.a_mean:.2f} ± {r.a_std:.2f} ({r.seeds_a}) | {r.b_mean:.2f} ± "
                      f"{r.b_std:.2f} ({r.seeds_b}) | {r.diff:+.2f} | [{r.low:+.2f}, {r.high:+.2f}] | {r.p_value:.3f} | "
-                     f"{'yes' if r.significant else 'no'} |")
+                     f"{r.mde:.2f} | {'yes' if r.significant else 'no'} | {r.sources} |")
     return "\n".join(lines)
-
-
-def load_results(path: str) -> dict:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "results.json"
-    if not p.is_file():
-        raise UserError(f"{path}: no results.json; give the --output-dir of `python -m kd_core.glue` or its results.json")
-    return json.loads(p.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--boot {args.boot}: give at least 100 replicates (2000 is usual)")
         a, b = load_results(args.a), load_results(args.b)
         rows = compare_results(a, b, args.boot, args.seed)
-        print(markdown(rows, a.get("label", "A"), b.get("label", "B")))
+        print(markdown(rows, a.label, b.label))
         if args.json:
             Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return exit_code_of(work)

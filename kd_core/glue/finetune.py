@@ -68,13 +68,16 @@ def encode(tokenizer, examples: list[Example], max_len: int) -> EncodedRows:
 
 
 def make_collate(pad_id: int, regression: bool):
+    """Padded batches; `labelled` marks rows with a gold label (a transfer set's rows have none: label NaN)."""
     def collate(rows: list[dict], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         ids, attention = pad_rows([r["input_ids"] for r in rows], pad_id)
-        batch = {"input_ids": ids, "attention_mask": attention,
-                 "labels": torch.tensor([r["label"] for r in rows],
-                                        dtype=torch.float32 if regression else torch.long)}
+        labels = torch.tensor([r["label"] for r in rows], dtype=torch.float32)
+        batch = {"input_ids": ids, "attention_mask": attention, "labelled": ~torch.isnan(labels),
+                 "labels": labels if regression else torch.nan_to_num(labels).long()}
         if "token_type_ids" in rows[0]:
             batch["token_type_ids"], _ = pad_rows([r["token_type_ids"] for r in rows], 0)
+        if "teacher_logits" in rows[0]:  # task distillation: the teacher's predictions, computed once
+            batch["teacher_logits"] = torch.stack([r["teacher_logits"] for r in rows])
         return batch
     return collate
 
@@ -111,13 +114,15 @@ def predict(model: nn.Module, rows: EncodedRows, collate, batch_size: int, devic
 
 def train_config(cfg: FinetuneConfig, n_train: int, seed: int) -> TrainConfig:
     steps_per_epoch = max(n_train // cfg.batch_size, 1)
-    overrides = {"seed": seed, "max_steps": max(math.ceil(cfg.epochs * steps_per_epoch), 1),
-                 "batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size or cfg.batch_size,
-                 "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay,
-                 "layerwise_lr_decay": cfg.layerwise_lr_decay, "mixed_precision": cfg.mixed_precision,
-                 "group_by_length": cfg.group_by_length, "schedule": "linear", "log_every": 10,
-                 "save_at_end": False, **cfg.train}
-    return load_config(TrainConfig, overrides=[f"{k}={v}" for k, v in overrides.items()])
+    own = {"seed": seed, "max_steps": max(math.ceil(cfg.epochs * steps_per_epoch), 1),
+           "batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size or cfg.batch_size,
+           "lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay,
+           "layerwise_lr_decay": cfg.layerwise_lr_decay, "mixed_precision": cfg.mixed_precision,
+           "group_by_length": cfg.group_by_length, "schedule": "linear", "log_every": 10, "save_at_end": False}
+    if twice := sorted(set(cfg.train) & set(own)):  # one way to set each knob: the dict must not silently win
+        raise UserError(f"finetune.train sets {twice}, which the fine-tuning config sets itself; set them there "
+                        "(e.g. finetune.lr, finetune.epochs), and keep finetune.train for other engine keys")
+    return load_config(TrainConfig, overrides=[f"{k}={v}" for k, v in {**own, **cfg.train}.items()])
 
 
 def _load(loader, model_path: str, **kwargs):
@@ -161,17 +166,23 @@ def load_examples(task: Task, glue_dir: str | None, cache: dict) -> None:
             cache[(task.name, split)] = load_split(task, split, glue_dir)
 
 
-def task_rows(task: Task, glue_dir: str | None, cfg: FinetuneConfig, tokenizer, cache: dict
-              ) -> tuple[EncodedRows, dict[str, tuple[EncodedRows, np.ndarray]]]:
-    """Encoded train rows (optionally a fixed subset) and, per dev split, encoded rows and labels."""
+def labelled_subset(examples: list[Example], limit: int) -> tuple[list[Example], list[Example]]:
+    """(at most `limit` training rows, a fixed draw (seed 0), in file order; the rows left out). 0: all rows."""
+    if not limit or len(examples) <= limit:
+        return examples, []
+    picked = set(np.random.default_rng(0).permutation(len(examples))[:limit].tolist())
+    return ([e for i, e in enumerate(examples) if i in picked], [e for i, e in enumerate(examples) if i not in picked])
+
+
+def task_rows(task: Task, glue_dir: str | None, cfg: FinetuneConfig, tokenizer, cache: dict,
+              extra_train: list[Example] | None = None) -> tuple[EncodedRows, dict[str, tuple[EncodedRows, np.ndarray]]]:
+    """Encoded train rows (optionally a fixed subset, then `extra_train`, e.g. a transfer set) and, per dev split,
+    encoded rows and labels."""
     load_examples(task, glue_dir, cache)
-    train_examples = cache[(task.name, "train")]
-    if cfg.max_train_examples and len(train_examples) > cfg.max_train_examples:
-        pick = np.random.default_rng(0).permutation(len(train_examples))[:cfg.max_train_examples]
-        train_examples = [train_examples[i] for i in sorted(pick)]
+    train_examples, _ = labelled_subset(cache[(task.name, "train")], cfg.max_train_examples)
     dev = {split: (encode(tokenizer, cache[(task.name, split)], cfg.max_len),
                    np.array([e.label for e in cache[(task.name, split)]])) for split in task.dev_splits}
-    return encode(tokenizer, train_examples, cfg.max_len), dev
+    return encode(tokenizer, train_examples + list(extra_train or []), cfg.max_len), dev
 
 
 def train_and_evaluate(objective: Objective, tokenizer, task: Task, train_rows,
@@ -207,10 +218,12 @@ def finetune_and_evaluate(model_path: str, task: Task, glue_dir: str | None, cfg
     run = train_and_evaluate(ClassificationObjective(model, task.is_regression), tokenizer, task,
                              train_rows, cfg, seed, output_dir)
     scores = evaluate(model, tokenizer, task, dev, cfg, run["device"])
-    if cfg.save_model:
+    saved = {}
+    if cfg.save_model:  # a fine-tuned teacher for task distillation (and `prune --importance task`)
         tmp = atomic_dir(Path(output_dir) / "model")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         commit_dir(tmp, Path(output_dir) / "model")
-    return {**scores, "seed": seed, "train_examples": len(train_rows), "steps": run["steps"],
+        saved = {"model_dir": str(Path(output_dir).resolve() / "model")}
+    return {**scores, **saved, "seed": seed, "train_examples": len(train_rows), "steps": run["steps"],
             "final_train_loss": run["summary"].get("loss/task"), "wall_s": round(time.perf_counter() - t0, 1)}

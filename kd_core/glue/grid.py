@@ -1,26 +1,21 @@
 """A resumable grid over learning rates x batch sizes x seeds, model selection on dev, and the report.
 
 Each (task, cell, seed) writes `<out>/<task>/lr<lr>_bs<bs>/seed<k>/result.json` when it finishes;
-a rerun loads finished ones instead of training them again. The chosen cell is the one with the
-best median primary metric over seeds; its every metric is reported per seed, with median, mean,
+a rerun loads finished ones instead of training them again. The chosen cell and the score are defined once,
+in kd_core.glue.results (the mean over seeds); every metric is reported per seed, with median, mean,
 standard deviation, min and max.
 
 A run that diverges (non-finite training loss, predictions or dev score) is recorded as failed in its
 result.json, so a rerun loads it rather than retrying it forever (delete the file to retry). Each result.json
 records the settings that produced it (model, GLUE folder, fine-tuning config, task teacher); loading one made with
 other settings is an error naming the difference, never a silent reuse. A cell's
-metrics are over its finite seeds, with n_failed; in selection a failed seed counts as the worst
-score, so an unstable cell cannot win on its lucky seeds. A cell with no finite seed is never chosen;
-a task with no such cell is reported as failed, without a score, and the GLUE macro is not computed.
+metrics are over its finite seeds, with n_failed; in selection acell ranks below every cell without a failure. A cell with no finite seed is never chosen;
+a task with no such cell is reported as failed, without a score, and the GLUE score is not computed.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,13 +24,13 @@ from ..config import flatten
 from ..files import atomic_write_text
 from ..engine import NonFiniteLossError
 from ..errors import UserError, one_line
-from .distill import TaskDistillConfig, distill_and_evaluate
+from .distill import TaskDistillConfig, check_task_teacher, distill_and_evaluate
 from .finetune import FinetuneConfig, check_model, check_positions, finetune_and_evaluate, load_examples
-from .metrics import DivergedError, glue_macro
-from .report import failure_note, markdown_table
+from ..provenance import provenance
+from .metrics import DivergedError
+from .report import markdown_table
+from .results import Cell, ModelResults, Run, TaskResult
 from .tasks import TASKS, Task
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -72,6 +67,8 @@ def check_grid(grid: GridConfig) -> None:
         problems.append(f"max_len is {grid.finetune.max_len}, give a positive number (--max-len)")
     if grid.finetune.max_train_examples < 0:
         problems.append(f"max_train_examples is {grid.finetune.max_train_examples}, give 0 (all) or more")
+    if grid.teacher:
+        problems += grid.distill.problems()
     if problems:
         raise UserError("bad grid: " + "; ".join(problems))
 
@@ -85,6 +82,8 @@ def preflight(model: str, tasks: list[Task], glue_dir: str | None, grid: GridCon
     models = {t.name: [model] + ([teacher_for(grid.teacher, t)] if grid.teacher else []) for t in tasks}
     for path in dict.fromkeys(p for paths in models.values() for p in paths):
         check_model(path)
+    for task in tasks if grid.teacher else []:
+        check_task_teacher(teacher_for(grid.teacher, task), task)
     cache: dict = {}
     for task in tasks:
         load_examples(task, glue_dir, cache)
@@ -98,40 +97,6 @@ def preflight(model: str, tasks: list[Task], glue_dir: str | None, grid: GridCon
         for path in models[task.name]:
             check_positions(path, grid.finetune.max_len, examples)
     return cache
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
-
-
-def failed(run: dict) -> bool:
-    """A diverged run, or one recorded before divergence was detected (a non-finite dev metric)."""
-    return run.get("status", "ok") != "ok" or not all(map(math.isfinite, run["metrics"].values()))
-
-
-def summarise_cell(task: Task, runs: list[dict]) -> dict:
-    """Spreads over the finite runs; the failed ones are listed (seed, error). No finite run: no metrics."""
-    ok = [r for r in runs if not failed(r)]
-    failures = [{"seed": r["seed"], "error": r.get("error", "non-finite dev metrics")} for r in runs if failed(r)]
-    summary = {"runs": runs, "n_failed": len(failures), "failed": failures}
-    if not ok:
-        return {**summary, "metrics": None, "combined": None, "primary_median": None}
-    metrics = {m: spread([r["metrics"][m] for r in ok]) for m in ok[0]["metrics"]}
-    return {**summary, "metrics": metrics, "combined": spread([r["combined"] for r in ok]),
-            "primary_median": metrics[task.primary]["median"]}
-
-
-def choose_cell(task: Task, cells: dict[str, dict]) -> str | None:
-    """The cell with the best median primary score, a failed seed counting as the worst score (ties: the
-    median over finite seeds); None when no cell has a finite run."""
-    def rank(name: str) -> tuple[float, float]:
-        cell = cells[name]
-        scores = [r["metrics"][task.primary] for r in cell["runs"] if not failed(r)]
-        return statistics.median(scores + [-math.inf] * cell["n_failed"]), cell["primary_median"]
-
-    candidates = [name for name, cell in cells.items() if cell["metrics"] is not None]
-    return max(candidates, key=rank) if candidates else None
 
 
 def teacher_for(teacher: str, task: Task) -> str:
@@ -155,11 +120,11 @@ def run_one(model: str, task: Task, glue_dir: str | None, grid: GridConfig, cfg:
     return {"status": "ok", **result}
 
 
-def describe(result: dict) -> str:
+def describe(run: Run) -> str:
     """The tail of a run's log line: its metrics, or why it failed."""
-    if failed(result):
-        return f"diverged: {result.get('error', 'non-finite dev metrics')}"
-    return ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()) + f" ({result['wall_s']} s)"
+    if not run.ok:
+        return f"diverged: {run.error or 'non-finite dev metrics'}"
+    return ", ".join(f"{k} {v:.2f}" for k, v in run.metrics.items()) + f" ({run.record.get('wall_s')} s)"
 
 
 def run_settings(model: str, task: Task, glue_dir: str | None, grid: GridConfig, cfg: FinetuneConfig) -> dict:
@@ -183,7 +148,7 @@ def check_same_settings(done: Path, saved: dict, settings: dict) -> None:
 
 
 def run_task_grid(model: str, task: Task, glue_dir: str | None, grid: GridConfig, output_dir: Path,
-                  cache: dict, log=print) -> dict:
+                  cache: dict, log=print) -> TaskResult:
     cells = {}
     for lr in grid.lrs:
         for bs in grid.batch_sizes:
@@ -194,74 +159,33 @@ def run_task_grid(model: str, task: Task, glue_dir: str | None, grid: GridConfig
                 run_dir = output_dir / task.name / cell_name(lr, bs) / f"seed{seed}"
                 done = run_dir / "result.json"
                 if done.is_file():
-                    runs.append(json.loads(done.read_text()))
-                    check_same_settings(done, runs[-1], settings)
+                    saved = json.loads(done.read_text())
+                    check_same_settings(done, saved, settings)
+                    runs.append(Run.from_json(saved))
                     log(f"{task.name} {cell_name(lr, bs)} seed {seed}: done before, loaded"
-                        + (" (diverged; delete its result.json to retry)" if failed(runs[-1]) else ""))
+                        + (" (diverged; delete its result.json to retry)" if not runs[-1].ok else ""))
                     continue
                 result = {**run_one(model, task, glue_dir, grid, cfg, seed, run_dir, cache), "settings": settings}
                 atomic_write_text(done, json.dumps(result, indent=1))
-                log(f"{task.name} {cell_name(lr, bs)} seed {seed}: {describe(result)}")
-                runs.append(result)
-            cells[cell_name(lr, bs)] = summarise_cell(task, runs)
-    chosen = choose_cell(task, cells)
-    result = {"status": "ok" if chosen else "failed", "cells": cells, "chosen": chosen,
-              "metrics": cells[chosen]["metrics"] if chosen else None,
-              "combined": cells[chosen]["combined"] if chosen else None, "primary": task.primary,
-              "n_runs": sum(len(c["runs"]) for c in cells.values()),
-              "n_failed": sum(c["n_failed"] for c in cells.values())}
-    if note := failure_note(task.name, result):
+                runs.append(Run.from_json(result))
+                log(f"{task.name} {cell_name(lr, bs)} seed {seed}: {describe(runs[-1])}")
+            cells[cell_name(lr, bs)] = Cell(runs)
+    result = TaskResult(task.name, cells)
+    if note := result.failure_note():
         log(note)
     return result
 
 
-def portable(command: str) -> str:
-    """The command without this machine's absolute paths: relative inside the repository, else <outside>/name."""
-    def one(token: str) -> str:
-        key, sep, value = token.rpartition("=") if "=/" in token else ("", "", token)
-        if not value.startswith("/"):
-            return token
-        path = Path(value)
-        inside = path.is_relative_to(ROOT)
-        return key + sep + (str(path.relative_to(ROOT)) if inside else f"<outside>/{path.name}")
-    return " ".join(one(token) for token in command.split(" "))
-
-
-def portable_paths(result):
-    """A results object for a committed file: model paths without this machine's prefix, and without the per-example dev
-    predictions (they stay in each run's result.json, where kd_core.glue.compare reads them)."""
-    def slim(value):
-        if isinstance(value, dict):
-            return {k: slim(v) for k, v in value.items() if k != "dev_examples"}
-        if isinstance(value, list):
-            return [slim(v) for v in value]
-        return portable(value) if isinstance(value, str) and value.startswith("/") else value
-    return slim(result)
-
-
-def provenance(command: str) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    try:
-        import torch
-
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    except Exception:  # torch is always there; the device query is best-effort
-        device = "unknown"
-    return {"command": portable(command), "commit": commit.stdout.strip() or "unknown",
-            "hardware": f"{platform.machine()} {os.cpu_count()} cores, {device}", "date": time.strftime("%Y-%m-%d")}
-
-
 def run_grid(model: str, tasks: list[Task], glue_dir: str | None, grid: GridConfig, output_dir: str | Path,
-             command: str = "", label: str | None = None) -> dict:
+             command: str = "", label: str | None = None) -> ModelResults:
     t0 = time.perf_counter()
     cache = preflight(model, tasks, glue_dir, grid)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     per_task = {t.name: run_task_grid(model, t, glue_dir, grid, output_dir, cache) for t in tasks}
-    combined = {name: r["combined"]["median"] if r["combined"] else None for name, r in per_task.items()}
-    results = {"model": model, "label": label or Path(model).name, "tasks": per_task, **glue_macro(combined),
-               "grid": asdict(grid), "glue_dir": glue_dir, "wall_s": round(time.perf_counter() - t0, 1),
-               "provenance": provenance(command)}
-    atomic_write_text(output_dir / "results.json", json.dumps(results, indent=1))
+    results = ModelResults(label or Path(model).name, model, per_task,
+                           extra={"grid": asdict(grid), "glue_dir": glue_dir, "wall_s": round(time.perf_counter() - t0, 1),
+                                  "provenance": provenance(command)})
+    atomic_write_text(output_dir / "results.json", json.dumps(results.to_json(), indent=1))
     atomic_write_text(output_dir / "results.md", markdown_table([results]) + "\n")
     return results

@@ -1,4 +1,5 @@
-"""GLUE metrics via scikit-learn and scipy, every standard metric per task, and the macro scores."""
+"""GLUE metrics via scikit-learn and scipy: every standard metric per task (the score over runs and tasks is
+kd_core.glue.results')."""
 from __future__ import annotations
 
 import math
@@ -45,19 +46,3 @@ def _scores(task: Task, predictions: np.ndarray, labels: np.ndarray, split: str)
 def combined_score(task: Task, scores: dict[str, float]) -> float:
     """Mean of the task's metrics (MRPC: F1 and accuracy; STS-B: Pearson and Spearman; MNLI: m and mm)."""
     return float(np.mean([scores[m] for m in task.metrics]))
-
-
-def glue_macro(combined: dict[str, float | None]) -> dict:
-    """Macro average of the tasks' combined scores, with and without WNLI (over the tasks present).
-
-    A failed task (None: every run diverged) makes each macro that includes it None, with the reason:
-    a mean over fewer tasks would not be comparable with other models' rows."""
-    out: dict = {}
-    without_wnli = [k for k in combined if k != "wnli"]
-    for key, names in (("glue_macro", list(combined)), ("glue_macro_without_wnli", without_wnli)):
-        if names:
-            failed = [k for k in names if combined[k] is None]
-            out[key] = None if failed else float(np.mean([combined[k] for k in names]))
-    if failed := [k for k, v in combined.items() if v is None]:
-        out["glue_macro_reason"] = f"not computed: every run of {', '.join(failed)} diverged"
-    return out

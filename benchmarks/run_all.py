@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark script under benchmarks/, one after another (GPU ones only with a GPU)."""
+"""`make bench`: every benchmark script under benchmarks/, one after another (GPU ones only with a GPU).
+bf16_parity.py is a loss-parity check, not a speed benchmark: run it on its own."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +8,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 GPU_ONLY = {"throughput.py"}
+NOT_BENCHMARKS = {"run_all.py", "common.py", "bf16_parity.py"}
 for script in sorted(HERE.glob("*.py")):
-    if script.name == "run_all.py":
+    if script.name in NOT_BENCHMARKS:
         continue
     if script.name in GPU_ONLY and not torch.cuda.is_available():
         print(f"== {script.name}: skipped (needs a CUDA GPU)", flush=True)

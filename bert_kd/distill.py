@@ -20,7 +20,7 @@ class DistilConfig:
     data: DataConfig = field(default_factory=DataConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     loss: DistilLossConfig = field(default_factory=DistilLossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(mixed_precision="auto"))
     # DistilBERT (Sanh et al.): 5 * L_ce + 2 * L_mlm + 1 * L_cos, T = 2
     loss_weights: dict[str, float] = field(default_factory=lambda: {"ce": 5.0, "mlm": 2.0, "cos": 1.0})
 

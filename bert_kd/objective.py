@@ -11,8 +11,10 @@ Terms (each computed only when its weight is non-zero; weights live in the confi
 - hid:        MSE between mapped layers' hidden states (student projected to the teacher's width),
               averaged over the mapped layers
 - emb:        MSE between embedding-layer outputs (projected likewise)
-The MLM heads run only at the positions a term needs. Attention maps are requested (eager
-attention) only when `att` is on; otherwise both models keep SDPA.
+The MLM heads run only at the positions a term needs; L_ce, unless another term reads the same logits,
+runs fused and chunked (losses.vocab_kd_kl), never holding the [positions x vocab] logits. The teacher
+runs only when a term that reads it has a non-zero weight (`mlm` alone: the teacherless control).
+Attention maps are requested (eager attention) only when `att` is on; otherwise both models keep SDPA.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from kd_core import losses
-from kd_core.heads import IGNORE_INDEX, encoder_inputs, mlm_head
+from kd_core.heads import IGNORE_INDEX, encoder_inputs, mlm_decoder, mlm_head, mlm_transform
 from kd_core.intermediate import IntermediateLosses
 from kd_core.layer_map import LayerMap, resolve_layer_map
 from kd_core.objective import Objective, freeze_head
@@ -46,6 +48,8 @@ class DistilLossConfig:
 
 
 class DistillationObjective(Objective):
+    STUDENT_ONLY_TERMS = frozenset({"mlm"})
+
     def __init__(self, student: nn.Module, teacher: nn.Module, layer_map: LayerMap, weights: dict[str, float],
                  cfg: DistilLossConfig):
         super().__init__(student, teacher, weights)
@@ -72,8 +76,10 @@ class DistillationObjective(Objective):
                                 output_hidden_states=self.intermediate.needs_hidden_states)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            t_out = self._encode(self.teacher, batch)
+        t_out = None
+        if self.uses_teacher:
+            with torch.no_grad():
+                t_out = self._encode(self.teacher, batch)
         s_out = self._encode(self.student, batch)
         tokens = batch["attention_mask"].bool()
         masked = batch["labels"] != IGNORE_INDEX
@@ -82,13 +88,22 @@ class DistillationObjective(Objective):
         vocab_positions = masked if self.cfg.restrict_ce_to_mask else tokens
         s_logits = None
         if self.active & {"ce", "mse_logits"}:
-            s_logits = mlm_head(self.student)(s_out.last_hidden_state[vocab_positions])
+            s_features = mlm_transform(self.student)(s_out.last_hidden_state[vocab_positions])
             with torch.no_grad():
-                t_logits = mlm_head(self.teacher)(t_out.last_hidden_state[vocab_positions])
-            if "ce" in self.active:
-                terms["ce"] = losses.kd_kl(s_logits, t_logits, None, self.cfg.temperature)
-            if "mse_logits" in self.active:
-                terms["mse_logits"] = losses.logits_mse(s_logits, t_logits)
+                t_features = mlm_transform(self.teacher)(t_out.last_hidden_state[vocab_positions])
+            s_dec, t_dec = mlm_decoder(self.student), mlm_decoder(self.teacher)
+            # the logits themselves only when another term reads them; else L_ce never holds them whole
+            if "mse_logits" in self.active or ("mlm" in self.active and self.cfg.restrict_ce_to_mask):
+                s_logits = s_dec(s_features)
+                with torch.no_grad():
+                    t_logits = t_dec(t_features)
+                if "ce" in self.active:
+                    terms["ce"] = losses.kd_kl(s_logits, t_logits, None, self.cfg.temperature)
+                if "mse_logits" in self.active:
+                    terms["mse_logits"] = losses.logits_mse(s_logits, t_logits)
+            else:
+                terms["ce"] = losses.vocab_kd_kl(s_features, s_dec.weight, s_dec.bias, t_features, t_dec.weight,
+                                                 t_dec.bias, None, self.cfg.temperature)
         if "mlm" in self.active:
             if s_logits is not None and self.cfg.restrict_ce_to_mask:
                 mlm_logits = s_logits  # the same rows: reuse them
@@ -97,5 +112,6 @@ class DistillationObjective(Objective):
             terms["mlm"] = nn.functional.cross_entropy(mlm_logits.float(), batch["labels"][masked])
         if "cos" in self.active:
             terms["cos"] = losses.cosine(s_out.last_hidden_state, t_out.last_hidden_state, tokens)
-        terms.update(self.intermediate(s_out, t_out, batch["attention_mask"]))
+        if t_out is not None:
+            terms.update(self.intermediate(s_out, t_out, batch["attention_mask"]))
         return terms

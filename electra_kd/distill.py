@@ -36,7 +36,7 @@ class ElectraRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     masking: MaskingConfig = field(default_factory=lambda: MaskingConfig(replace=(0.85, 0.0, 0.15), whole_word=False))
     loss: ElectraLossConfig = field(default_factory=ElectraLossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(mixed_precision="auto"))
 
 
 def new_generator(student: ElectraForPreTraining, cfg: GeneratorConfig) -> ElectraForMaskedLM:

@@ -88,6 +88,8 @@ def tie_generator_embeddings(generator: nn.Module, discriminator: nn.Module) -> 
 
 
 class ElectraObjective(Objective):
+    STUDENT_ONLY_TERMS = frozenset({"rtd", "gen_mlm"})
+
     def __init__(self, student: nn.Module, generator: nn.Module, weights: dict[str, float],
                  cfg: ElectraLossConfig, teacher: nn.Module | None = None, layer_map: LayerMap | None = None):
         super().__init__(student, teacher, weights)
@@ -137,11 +139,10 @@ class ElectraObjective(Objective):
         s_logits = self.student.discriminator_predictions(s_hidden)
         terms["rtd"] = nn.functional.binary_cross_entropy_with_logits(s_logits[tokens].float(),
                                                                      corrupted["rtd_labels"][tokens])
-        if self.teacher is None:
+        if not self.uses_teacher:  # no teacher, or every teacher term weighted 0
             return terms
         with torch.no_grad():
             t_out = self._encode(self.teacher, corrupted)
-            t_logits = self.teacher.discriminator_predictions(t_out.last_hidden_state)
         terms.update(self.intermediate(s_out, t_out, corrupted["attention_mask"]))
         if "out" in self.active:
             with torch.no_grad():
@@ -150,5 +151,7 @@ class ElectraObjective(Objective):
         if "cos" in self.active:
             terms["cos"] = losses.cosine(s_hidden, t_out.last_hidden_state, tokens)
         if "kl" in self.active:
+            with torch.no_grad():
+                t_logits = self.teacher.discriminator_predictions(t_out.last_hidden_state)
             terms["kl"] = losses.binary_kd_kl(s_logits, t_logits, tokens, self.cfg.temperature)
         return terms

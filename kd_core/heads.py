@@ -17,9 +17,20 @@ from .families import family_of
 IGNORE_INDEX = -100
 
 
+def mlm_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden states (..., hidden) -> the features the vocabulary projection reads (the MLM head less its decoder)."""
+    return family_of(model).mlm_transform(model)
+
+
+def mlm_decoder(model: nn.Module) -> nn.Linear:
+    """The vocabulary projection (weight: vocab x width, tied to the word embeddings where the model ties them)."""
+    return model.get_output_embeddings()
+
+
 def mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """hidden states (..., hidden) -> vocabulary logits, using the model's own MLM head (its family's)."""
-    return family_of(model).mlm_head(model)
+    transform, decoder = mlm_transform(model), mlm_decoder(model)
+    return lambda hidden: decoder(transform(hidden))
 
 
 @functools.lru_cache(maxsize=None)

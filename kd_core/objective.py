@@ -13,6 +13,8 @@ from .errors import UserError
 
 
 class Objective(nn.Module):
+    STUDENT_ONLY_TERMS: frozenset[str] = frozenset()  # terms that never read the teacher
+
     def __init__(self, student: nn.Module, teacher: nn.Module | None, weights: dict[str, float]):
         super().__init__()
         self.student = student
@@ -22,6 +24,11 @@ class Objective(nn.Module):
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether a term that reads the teacher is active (else its forward is skipped: the teacherless control)."""
+        return self.teacher is not None and bool(self.active - self.STUDENT_ONLY_TERMS)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -11,6 +11,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 from bert_kd.distill import DistilConfig, run
 from bert_kd.objective import DistillationObjective, DistilLossConfig
+from kd_core import losses
 from kd_core.toy import tiny_bert_teacher
 from kd_core.config import load_config
 from kd_core.data import MaskingCollator, MaskingConfig
@@ -191,6 +192,39 @@ def test_restrict_ce_to_mask_uses_masked_positions_only(teacher, tiny_tokenizer)
     masked = batch["labels"] != -100
     assert obj(batch)["ce"].item() == pytest.approx(ref_kd_kl(s, t, masked, 1.0), rel=1e-4)
     assert set(obj(batch)) == {"ce"}  # zero-weight terms are not computed at all
+
+
+def test_fused_ce_matches_full_vocabulary_logits_in_value_and_gradient(teacher, tiny_tokenizer):
+    """L_ce alone runs fused (never holding [tokens x vocab]); value and student gradients equal the plain path."""
+    obj = _objective(teacher, StudentConfig(num_layers=2, layers=[1, 3]), {"ce": 1.0}, temperature=2.0)
+    obj.eval()  # no dropout: both passes see the same network
+    batch = _batch(tiny_tokenizer, seed=2)
+    am = batch["attention_mask"].bool()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        t = teacher(**inputs).logits
+    ref = losses.kd_kl(obj.student(**inputs).logits[am], t[am], None, 2.0)
+    params = [p for p in obj.student.parameters() if p.requires_grad]
+    want = torch.autograd.grad(ref, params, allow_unused=True)
+    got_loss = obj(batch)["ce"]
+    got = torch.autograd.grad(got_loss, params, allow_unused=True)
+    assert got_loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None) and (g is None or torch.allclose(g, w, rtol=1e-4, atol=1e-7))
+
+
+def test_teacher_not_run_when_no_active_term_reads_it(teacher, tiny_tokenizer):
+    """The teacherless control (every teacher term weighted 0) must not pay for a teacher forward."""
+    obj = _objective(teacher, StudentConfig(num_layers=2, layers=[0, 2]), {"mlm": 1.0, "ce": 0.0, "cos": 0.0})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("teacher forward called")
+    obj.teacher.bert.forward = refuse
+    assert not obj.uses_teacher
+    assert set(obj(_batch(tiny_tokenizer))) == {"mlm"}
+    with pytest.raises(AssertionError, match="teacher forward called"):  # the guard works when a term needs it
+        _objective(obj.teacher, StudentConfig(num_layers=2, layers=[0, 2]), {"mlm": 1.0, "cos": 1.0})(
+            _batch(tiny_tokenizer))
 
 
 def test_projections_for_narrow_students_get_gradients(teacher, tiny_tokenizer):

@@ -98,6 +98,16 @@ def test_identical_student_gives_zero_distillation_loss(teacher, generator, tiny
     assert terms["rtd"].item() > 0
 
 
+def test_teacher_not_run_when_every_teacher_term_is_zero(teacher, generator, tiny_tokenizer):
+    cfg = ElectraLossConfig(b1=1.0, b2=0.0, b3=0.0, mse_parts={p: 0.0 for p in ("emb", "out", "hid", "att")})
+    obj = _objective(teacher, generator, StudentConfig(num_layers=2, layers="first_k"), cfg)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("teacher forward called")
+    obj.teacher.electra.forward = refuse
+    assert set(obj(_batch(tiny_tokenizer))) == {"rtd"}
+
+
 def test_terms_match_hand_written_references(teacher, generator, tiny_tokenizer):
     obj = _objective(teacher, generator, StudentConfig(num_layers=2, layers=[1, 3], init="random"))
     obj.eval()

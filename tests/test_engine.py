@@ -301,3 +301,15 @@ def test_resume_refuses_a_different_config(tiny_corpus, tmp_path):
                      resume=True)
     pretrain.run(tiny_pretrain_config(tiny_corpus, max_steps=8, save_every=2), str(out), resume=True)  # longer: fine
     assert json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["step"] == 8
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it_faster(monkeypatch):
+    from kd_core import precision
+
+    for vendor, flags, want in [("GenuineIntel", {"avx512f", "avx512_bf16", "amx_bf16"}, "bf16"),
+                                ("AuthenticAMD", {"avx512f", "avx512_bf16"}, "bf16"),
+                                ("GenuineIntel", {"avx512f", "avx512_bf16"}, "no"),  # same rate as fp32 FMAs
+                                ("AuthenticAMD", {"avx2", "avx512f"}, "no")]:  # bf16 emulated
+        monkeypatch.setattr(precision, "cpu_info", lambda: (vendor, flags))
+        assert precision.resolve("auto", "cpu")[0] == want, (vendor, flags)
+    assert precision.resolve("bf16", "cpu") == ("bf16", "as configured")

@@ -130,3 +130,62 @@ def test_identical_inputs_give_zero(name):
     else:
         value = fn(x, x.clone(), mask)
     assert value.item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---- the fused, chunked vocabulary KL ------------------------------------------------------------------
+def _vocab_case(rows=37, width=8, vocab=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = [torch.randn(rows, width, generator=g).requires_grad_(), torch.randn(vocab, width, generator=g).requires_grad_(),
+         torch.randn(vocab, generator=g).requires_grad_()]
+    t = [torch.randn(rows, width, generator=g) * 2, torch.randn(vocab, width, generator=g), torch.randn(vocab, generator=g)]
+    return s, t
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 16, 37, 100])  # 5 and 16 do not divide the 37 rows
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_vocab_kd_kl_equals_unfused_in_value_and_gradient(chunk_rows, T):
+    (h, w, b), (ht, wt, bt) = _vocab_case()
+    ref = losses.kd_kl(torch.nn.functional.linear(h, w, b), torch.nn.functional.linear(ht, wt, bt), None, T)
+    ref_grads = torch.autograd.grad(3.0 * ref, (h, w, b))  # a weight outside, as the engine applies it
+    fused = losses.vocab_kd_kl(h, w, b, ht, wt, bt, None, T, chunk_rows)
+    grads = torch.autograd.grad(3.0 * fused, (h, w, b))
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-5)
+    for name, got, want in zip(("hidden", "weight", "bias"), grads, ref_grads):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6), name
+
+
+def test_vocab_kd_kl_excludes_padding_and_keeps_t_squared():
+    (h, w, b), (ht, wt, bt) = _vocab_case(rows=12)
+    h3, ht3 = h.view(2, 6, -1), ht.view(2, 6, -1)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    s_logits, t_logits = torch.nn.functional.linear(h3, w, b), torch.nn.functional.linear(ht3, wt, bt)
+    for T in (1.0, 3.0):  # the hand-written reference: mean KL over real tokens times T^2
+        want = ref_kd_kl(s_logits.detach(), t_logits, mask, T)
+        assert losses.vocab_kd_kl(h3, w, b, ht3, wt, bt, mask, T, 4).item() == pytest.approx(want, rel=1e-5)
+    fused = losses.vocab_kd_kl(h3, w, b, ht3, wt, bt, mask, 2.0, 4)
+    fused.backward()
+    assert h.grad.view(2, 6, -1)[~mask].abs().max() == 0  # padded rows get no gradient
+    garbage = h3.detach().clone()
+    garbage[~mask] = 1e3
+    assert losses.vocab_kd_kl(garbage, w, b, ht3, wt, bt, mask, 2.0, 4).item() == pytest.approx(fused.item())
+
+
+def test_vocab_kd_kl_of_identical_models_is_zero_with_zero_gradient():
+    (h, w, b), _ = _vocab_case()
+    loss = losses.vocab_kd_kl(h, w, b, h.detach(), w.detach(), b.detach(), None, 2.0, 8)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    for p in (h, w, b):
+        assert p.grad.abs().max() < 1e-6
+
+
+def test_vocab_kd_kl_under_bf16_autocast_and_no_grad():
+    (h, w, b), (ht, wt, bt) = _vocab_case(width=32, vocab=200)
+    fp32 = losses.vocab_kd_kl(h, w, b, ht, wt, bt, None, 2.0, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = losses.vocab_kd_kl(h, w, b, ht, wt, bt, None, 2.0, 16)
+    assert bf16.dtype == torch.float32 and bf16.item() == pytest.approx(fp32.item(), rel=0.05)  # bf16 matmuls
+    bf16.backward()
+    assert h.grad.dtype == w.grad.dtype == torch.float32
+    with torch.no_grad():  # evaluation: the value only, no gradient work
+        assert not losses.vocab_kd_kl(h, w, b, ht, wt, bt, None, 2.0, 16).requires_grad

@@ -2,7 +2,7 @@
 (TextBrewer's adaptors are the anchor). Adding a family is a new module here that calls `register`.
 
 A `Family` says where the encoder layers and their query/key projections are, how hidden states
-become vocabulary logits, the encoder's width, depth, head count and longest input, and how its
+become the features of the vocabulary projection, the encoder's width, depth, head count and longest input, and how its
 parameter names number the layers (for layer maps and layer-wise learning-rate decay), and which linear
 maps of a layer hold its attention heads and FFN neurons (for structured pruning, kd_core.compress).
 """
@@ -37,7 +37,8 @@ class Family:
     model_types: tuple[str, ...]
     encoder_layers: Callable[[nn.Module], nn.ModuleList]  # of a model (any head) or its base model
     query_key: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # one layer's query and key projections
-    mlm_head: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]  # *ForMaskedLM -> hidden -> logits
+    # *ForMaskedLM -> (hidden -> features the vocabulary projection, model.get_output_embeddings(), reads)
+    mlm_transform: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
     width: Callable[[object], int]  # hidden size, from a config
     depth: Callable[[object], int]  # number of encoder layers
     heads: Callable[[object], int]  # attention heads per layer

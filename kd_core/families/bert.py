@@ -28,4 +28,4 @@ def bert_config_sizes():
 
 
 BERT = register(Family(model_types=("bert",), encoder_layers=base_layers, query_key=self_attention_qk,
-                       mlm_head=lambda model: model.cls, **bert_config_sizes(), **BERT_UNITS))
+                       mlm_transform=lambda model: model.cls.predictions.transform, **bert_config_sizes(), **BERT_UNITS))

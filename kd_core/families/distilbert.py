@@ -12,8 +12,7 @@ DISTILBERT = register(Family(
     model_types=("distilbert",),
     encoder_layers=lambda model: model.base_model.transformer.layer,
     query_key=lambda layer: (layer.attention.q_lin, layer.attention.k_lin),
-    mlm_head=lambda model: (
-        lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))),
+    mlm_transform=lambda model: (lambda h: model.vocab_layer_norm(model.activation(model.vocab_transform(h)))),
     width=lambda c: c.dim, depth=lambda c: c.n_layers, heads=lambda c: c.n_heads,
     max_length=lambda c: c.max_position_embeddings,
     units=lambda layer: Units(layer.attention, (layer.attention.q_lin, layer.attention.k_lin, layer.attention.v_lin),

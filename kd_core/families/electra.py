@@ -7,5 +7,5 @@ from .bert import BERT_UNITS, base_layers, bert_config_sizes, self_attention_qk
 
 ELECTRA = register(Family(
     model_types=("electra",), encoder_layers=base_layers, query_key=self_attention_qk,
-    mlm_head=lambda model: (lambda h: model.generator_lm_head(model.generator_predictions(h))),
+    mlm_transform=lambda model: model.generator_predictions,
     **bert_config_sizes(), **BERT_UNITS))

@@ -16,7 +16,7 @@ card:    the committed card of both cached teachers (and with --glue, SST-2 dev 
 
 Every setting is a field of the recipe dataclass (MLMTeacherRecipe / ElectraTeacherRecipe): `--set` overrides
 its fields in ONE typed list (`--set train.max_steps=2000`, `--set head_steps=0`); a key given twice is an error,
-so no later string silently wins. The teacher goes to <cache>/teachers/<kind>-<key> (key = hash of the encoder's
+so no later string silently wins (the same value twice is one value). The teacher goes to <cache>/teachers/<kind>-<key> (key = hash of the encoder's
 weights, the corpus, and the resolved recipe) unless --output-dir is given. Each build is measured on held-out
 text and must pass its gate (kd_core/teacher_gate.py); the verdict is in card.json beside the teacher, and a
 teacher below its gate stops the command with one `error:` line (exit 2), cached or not.
@@ -72,11 +72,7 @@ class MLMTeacherRecipe:
     train: TrainConfig = field(default_factory=lambda: _train(max_steps=1300, lr=3e-4))
 
     def problems(self) -> list[str]:
-        out = []
-        if not 0 <= self.head_steps < self.train.max_steps:
-            out.append(f"head_steps={self.head_steps}: give 0 or more, fewer than train.max_steps="
-                       f"{self.train.max_steps} (which counts the head-only steps too)")
-        return out
+        return [f"head_steps={self.head_steps}: give 0 or more"] if self.head_steps < 0 else []
 
 
 @dataclass
@@ -95,12 +91,14 @@ EVAL_MASKING = {"mlm": MaskingConfig(whole_word=False), "electra": MaskingConfig
 
 
 def compose(kind: str, steps: int | None = None, overrides: list[str] | None = None):
-    """The recipe: its defaults, then `steps` (= train.max_steps) and `overrides`, one list, each key once."""
+    """The recipe: its defaults, then `steps` (= train.max_steps) and `overrides`, one list, each key once (or
+    repeated with the same value); two values for one key are an error, never a silent last-one-wins."""
     given = ([f"train.max_steps={steps}"] if steps else []) + list(overrides or [])
     seen: dict[str, str] = {}
     for text in given:
-        key = ".".join(parse_override(text)[0])
-        if key in seen:
+        path, value = parse_override(text)
+        key = ".".join(path)
+        if key in seen and parse_override(seen[key])[1] != value:
             raise ConfigError(f"the teacher recipe got {key} twice ('{seen[key]}' and '{text}'"
                               + ("; --steps sets train.max_steps" if steps and key == "train.max_steps" else "")
                               + "): give each setting once")
@@ -201,7 +199,10 @@ def train_mlm(recipe: MLMTeacherRecipe, encoder: str, corpus: str, out: Path, re
     from kd_core.run import DataConfig
 
     init, new_head = mlm_init(encoder, out, corpus, recipe)
-    head_steps = recipe.head_steps if new_head else 0
+    head_steps = recipe.head_steps if new_head else 0  # an encoder with a trained MLM head keeps it: no head phase
+    if head_steps >= recipe.train.max_steps:
+        raise UserError(f"head_steps={head_steps} leaves no whole-model step of train.max_steps="
+                        f"{recipe.train.max_steps} (which counts the head-only steps too): give fewer head steps")
     phases = []
     start = init
     if head_steps:
@@ -245,6 +246,9 @@ def train_electra(recipe: ElectraTeacherRecipe, encoder: str, corpus: str, out: 
 
 
 # ---- measures and cards -----------------------------------------------------------------------------------------
+EVAL_BATCH = 32  # rows per held-out batch: every full batch of the valid split is scored
+
+
 def held_out_rows(corpus: str, tokenizer):
     return open_corpus(corpus, tokenizer, "valid")
 
@@ -259,18 +263,19 @@ def measure(kind: str, out: Path, corpus: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(final)
     rows = held_out_rows(corpus, tokenizer)
     collate = MaskingCollator.from_tokenizer(EVAL_MASKING[kind], tokenizer)
-    if len(rows) < 32:
-        raise UserError(f"the corpus {corpus} holds {len(rows)} held-out rows: the gate needs 32 or more; prepare it "
-                        "with a larger --valid-fraction")
+    if not len(rows):
+        raise UserError(f"the corpus {corpus} holds no held-out rows: the gate needs them; prepare it with "
+                        "--valid-fraction above 0 (e.g. 0.01)")
+    size = min(EVAL_BATCH, len(rows))
     if kind == "mlm":
-        return masked_lm_scores(load_masked_lm(str(final)), rows, collate, batches=None,
+        return masked_lm_scores(load_masked_lm(str(final)), rows, collate, batches=None, batch_size=size,
                                 unigram=corpus_unigram(corpus, tokenizer))
     disc = ElectraForPreTraining.from_pretrained(final, dtype=torch.float32)
     gen = ElectraForMaskedLM.from_pretrained(out / "generator", dtype=torch.float32)
-    m = rtd_scores(disc, gen, rows, collate, batches=None)
+    m = rtd_scores(disc, gen, rows, collate, batches=None, batch_size=size)
     # the generator's own MLM numbers with the MLM teacher's masks, next to the unigram model's
     g = masked_lm_scores(gen, rows, MaskingCollator.from_tokenizer(EVAL_MASKING["mlm"], tokenizer), batches=None,
-                         unigram=corpus_unigram(corpus, tokenizer))
+                         batch_size=size, unigram=corpus_unigram(corpus, tokenizer))
     m.update({f"generator_{k}": v for k, v in g.items() if k in ("mlm_loss", "masked_accuracy", "unigram_loss",
                                                                   "unigram_accuracy")})
     return m
@@ -392,6 +397,101 @@ def build_recipe(kind: str, recipe, corpus: str, output: str | Path | None = Non
     return out
 
 
+# ---- the committed card ----------------------------------------------------------------------------------------
+def portable_card(card: dict) -> dict:
+    """The card without this machine's paths: the cache as <cache>, the repository as relative paths."""
+    text = json.dumps(card).replace(str(cache_dir()), "<cache>").replace(str(ROOT) + "/", "")
+    return json.loads(text)
+
+
+def glue_next_to_truncation(teacher: Path, kind: str, glue_dir: str, out: Path) -> dict:
+    """SST-2 dev (2,000 training examples, 3 seeds) of the teacher and of its own layers 0,2,4, not distilled."""
+    from kd_core.glue.finetune import FinetuneConfig
+    from kd_core.glue.grid import GridConfig, run_grid
+    from kd_core.glue.tasks import get_task
+    from kd_core.student import StudentConfig, save_untrained_student
+
+    model_class = AutoModelForMaskedLM if kind == "mlm" else ElectraForPreTraining
+    truncated = save_untrained_student(teacher / "final", StudentConfig(num_layers=3, layers=[0, 2, 4], init="teacher"),
+                                       out / "truncated" / "final", model_class)
+    grid = GridConfig(lrs=[1e-4], batch_sizes=[32], seeds=3, finetune=FinetuneConfig(epochs=3, max_train_examples=2000))
+    rows = {}
+    for label, model in (("teacher", teacher / "final"), ("layers 0,2,4", truncated)):
+        r = run_grid(str(model), [get_task("sst2")], glue_dir, grid, out / label.replace(" ", "_").replace(",", ""),
+                     label=label)
+        rows[label] = r["tasks"]["sst2"]["metrics"]
+    return {"task": "sst2", "grid": asdict(grid), "scores": rows}
+
+
+def card_markdown(cards: dict[str, dict]) -> str:
+    lines = ["# Teachers: held-out gate and card", "",
+             "Built by `recipes/teachers.py` (one cached teacher per machine, keyed by the encoder's weights, the corpus "
+             "and the resolved recipe); each is measured on held-out text and must pass its gate "
+             "(`kd_core/teacher_gate.py`), or every recipe that asks for it stops with one `error:` line.", ""]
+    if "mlm" in cards:
+        c = cards["mlm"]
+        m = c["held_out"]["valid"]
+        lines += ["## MLM teacher (all-MiniLM-L6-v2 -> BertForMaskedLM)", "",
+                  "| held-out text | masked tokens | MLM loss (nats) | top-1 | unigram loss | unigram top-1 | gate |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| corpus valid split | {m['masked_tokens']:,} | {m['mlm_loss']:.2f} | {100 * m['masked_accuracy']:.1f}% | "
+                  f"{m['unigram_loss']:.2f} | {100 * m['unigram_accuracy']:.1f}% | <= {c['gate']['max_loss']} nats and "
+                  f">= {100 * c['gate']['min_top1']:.0f}%: **{'passes' if c['passed'] else 'FAILS'}** |", ""]
+    if "electra" in cards:
+        c = cards["electra"]
+        m = c["held_out"]["valid"]
+        lines += ["## ELECTRA teacher (MiniLM encoder as discriminator + new RTD head; frozen generator = the MLM teacher)",
+                  "",
+                  "| held-out text | tokens | RTD loss | constant predictor | ratio | replacement rate | AUC | accuracy | "
+                  "generator MLM loss | generator top-1 | gate |", "|---|---|---|---|---|---|---|---|---|---|---|",
+                  f"| corpus valid split | {m['tokens']:,} | {m['rtd_loss']:.3f} | {m['constant_rtd_loss']:.3f} | "
+                  f"{m['rtd_loss'] / m['constant_rtd_loss']:.2f} | {100 * m['replaced_rate']:.1f}% | {m['rtd_auc']:.3f} | "
+                  f"{100 * m['rtd_accuracy']:.1f}% | {m['generator_mlm_loss']:.2f} | "
+                  f"{100 * m['generator_masked_accuracy']:.1f}% | ratio <= {c['gate']['max_loss_ratio']} and AUC >= "
+                  f"{c['gate']['min_auc']}: **{'passes' if c['passed'] else 'FAILS'}** |", "",
+                  "The RTD loss is the binary cross-entropy over every non-pad token of the generator-corrupted text "
+                  "(ELECTRA masking: 15% of tokens, 85% of them [MASK], 15% kept; one generator sample each); the "
+                  "constant predictor says p(replaced) = the replacement rate, its loss is the labels' entropy. The "
+                  "generator's MLM numbers use the MLM teacher's masks (80/10/10), comparable to the row above.", ""]
+    lines += ["## How each was made", "", "| teacher | steps | tokens | training wall | eval wall | built from commit | "
+              "card commit | hardware | command |", "|---|---|---|---|---|---|---|---|---|"]
+    for kind, c in cards.items():
+        start = c.get("built_at", {})
+        lines.append(f"| {kind} `{c['teacher']}` | {c['steps']:,} | {c['tokens']:,} | {c['train_wall_s'] / 60:.1f} min | "
+                     f"{c['eval_wall_s']:.0f} s | {start.get('commit', '?')} | {c['commit']} | "
+                     f"{start.get('hardware', c['hardware'])} | `{c['command']}` |")
+    lines += ["", "Recipes (every field; `--set` changes them): " + "; ".join(
+        f"{kind}: `{json.dumps(c['recipe'])}`" for kind, c in cards.items()), ""]
+    for kind, c in cards.items():
+        if c.get("glue"):
+            g = c["glue"]
+            cells = "; ".join(f"{label}: " + ", ".join(f"{k} {v['mean']:.1f} ± {v.get('std', 0):.1f}" for k, v in s.items())
+                              for label, s in g["scores"].items())
+            lines += [f"GLUE {g['task']} dev ({kind} teacher next to its own layers 0,2,4, not distilled; 2,000 training "
+                      f"examples, 3 epochs, 3 seeds): {cells}.", ""]
+    lines.append(f"Held-out text: {next(iter(cards.values()))['held_out_text']}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(corpus: str, results: str | Path, encoder: str | None, glue: bool, command: str) -> None:
+    """results/teachers.md + .json from the cards of the cached teachers (built, measured and gated if missing)."""
+    from kd_core.files import atomic_write_text
+
+    cards = {}
+    for kind in ("mlm", "electra"):
+        out = build_teacher(kind, corpus, encoder=encoder, gate="report")
+        card = teacher_gate.read_card(out)
+        if glue:
+            glue_dir = ROOT.parent / "shared" / "data" / "glue"
+            card["glue"] = glue_next_to_truncation(out, kind, str(glue_dir), out / "glue-sst2")
+            teacher_gate.write_card(out, card)
+        cards[kind] = portable_card(card)
+    results = Path(results)
+    atomic_write_text(results, card_markdown(cards) + f"\nCard command: `{command}`.\n")
+    atomic_write_text(results.with_suffix(".json"), json.dumps(cards, indent=1))
+    print(f"wrote {results} and {results.with_suffix('.json')}")
+
+
 # ---- CLI --------------------------------------------------------------------------------------------------------
 def default_corpus() -> str:
     """The quickstart's corpus (../shared/data/corpus, else the vaderSentiment snippets, at 64 tokens)."""
@@ -417,8 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     corpus = args.corpus or default_corpus()
     command = "python recipes/teachers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.kind == "card":
-        from teacher_card import write_results
-
         write_results(corpus, args.results, args.encoder, args.glue, command)
         return 0
     build_teacher(args.kind, corpus, args.steps, args.overrides, args.output_dir, args.encoder, gate=args.gate,

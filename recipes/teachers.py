@@ -253,15 +253,62 @@ def held_out_rows(corpus: str, tokenizer):
     return open_corpus(corpus, tokenizer, "valid")
 
 
+GLUE = ROOT.parent / "shared" / "data" / "glue"
+OUT_OF_CORPUS_ROWS = 320  # 10 batches of 32
+
+
+def out_of_corpus_text(tokenizer_dir: Path, max_len: int) -> tuple[Path, str] | None:
+    """Text from outside the training corpus (news and Wikipedia sentences: the first sentence of each MRPC and RTE
+    training pair in ../shared/data/glue), prepared with the teacher's tokenizer; None where GLUE is absent."""
+    from kd_core.data import PrepareConfig, prepare
+
+    sources = [(GLUE / "MRPC" / "train.tsv", 3), (GLUE / "RTE" / "train.tsv", 1)]
+    if not all(f.is_file() for f, _ in sources):
+        return None
+    lines = []
+    for f, column in sources:
+        for row in f.read_text(encoding="utf-8-sig").splitlines()[1:]:
+            parts = row.split("\t")
+            if len(parts) > column and parts[column].strip():
+                lines.append(parts[column].strip())
+    text = "\n".join(lines) + "\n"
+    key = hashlib.sha256((text + str(max_len) + encoder_identity(str(tokenizer_dir))).encode()).hexdigest()[:12]
+    root = cache_dir() / f"out-of-corpus-{key}"
+    if not (root / "prepared" / "stats.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "text.txt").write_text(text)
+        prepare(PrepareConfig(tokenizer=str(tokenizer_dir), inputs=[str(root / "text.txt")], text_format="lines",
+                              output=str(root / "prepared"), max_len=max_len, valid_fraction=0.0))
+    return root / "prepared", (f"text from outside the training corpus: the first sentence of each GLUE MRPC and "
+                               f"RTE training pair ({len(lines):,} news / Wikipedia sentences), packed into rows of "
+                               f"<= {max_len} tokens, the first {OUT_OF_CORPUS_ROWS} rows")
+
+
 def measure(kind: str, out: Path, corpus: str) -> dict:
-    """The held-out measures of a built teacher on the corpus's valid split (every full batch of 32 rows)."""
+    """The held-out measures of a built teacher: {"valid": the corpus's valid split (every full batch of 32 rows),
+    "out_of_corpus": text from outside the corpus where ../shared/data/glue has it}, each next to the unigram model
+    of the corpus's training split; "texts" says what each is."""
+    final = out / "final"
+    stats = read_stats(corpus)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    texts = {"valid": (held_out_rows(corpus, tokenizer),
+                       f"the corpus's valid split: {stats['splits']['valid']['rows']} rows of <= {stats['max_len']} "
+                       "tokens, drawn at random before training and never trained on")}
+    found = out_of_corpus_text(final, stats["max_len"])
+    if found:
+        rows = open_corpus(found[0], tokenizer, "train")
+        texts["out_of_corpus"] = ([rows[i] for i in range(min(OUT_OF_CORPUS_ROWS, len(rows)))], found[1])
+    measures = {name: measure_rows(kind, out, corpus, rows, tokenizer) for name, (rows, _) in texts.items()}
+    measures["texts"] = {name: what for name, (_, what) in texts.items()}
+    return measures
+
+
+def measure_rows(kind: str, out: Path, corpus: str, rows, tokenizer) -> dict:
     from kd_core.mlm_eval import corpus_unigram, masked_lm_scores, rtd_scores
     from kd_core.student import load_masked_lm
 
     torch.manual_seed(0)
     final = out / "final"
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    rows = held_out_rows(corpus, tokenizer)
     collate = MaskingCollator.from_tokenizer(EVAL_MASKING[kind], tokenizer)
     if not len(rows):
         raise UserError(f"the corpus {corpus} holds no held-out rows: the gate needs them; prepare it with "
@@ -296,13 +343,13 @@ def training_record(phases: list[str]) -> dict:
 
 def make_card(kind: str, out: Path, corpus: str, recipe, built: dict, command: str, key: str | None) -> dict:
     t0 = time.perf_counter()
-    measures = measure(kind, out, corpus)
+    held_out = measure(kind, out, corpus)
+    texts = held_out.pop("texts")
     stats = read_stats(corpus)
-    card = {"kind": kind, "teacher": str(out / "final"), "cache_key": key,
-            "held_out": {"valid": measures},
-            "held_out_text": f"the corpus's valid split: {stats['splits']['valid']['rows']} rows of <= {stats['max_len']} "
-                             "tokens (rows drawn at random before training; never trained on), token-level masks",
-            "gate": teacher_gate.gate_dict(kind), "failures": teacher_gate.failures(kind, measures),
+    card = {"kind": kind, "teacher": str(out / "final"), "cache_key": key, "held_out": held_out, "held_out_text": texts,
+            "masks": "token-level, the same seeded masks for every model (MLM: 15%, 80/10/10; ELECTRA: 15%, 85% "
+                     "[MASK], 15% kept)", "gate_on": "valid",
+            "gate": teacher_gate.gate_dict(kind), "failures": teacher_gate.failures(kind, held_out["valid"]),
             "recipe": asdict(recipe), **built, **training_record(built["phases"]),
             "eval_wall_s": round(time.perf_counter() - t0, 1),
             "corpus": {k: stats[k] for k in ("vocab_hash", "tokens", "rows", "max_len")},
@@ -423,36 +470,45 @@ def glue_next_to_truncation(teacher: Path, kind: str, glue_dir: str, out: Path) 
     return {"task": "sst2", "grid": asdict(grid), "scores": rows}
 
 
+NAMES = {"valid": "corpus valid split", "out_of_corpus": "outside the corpus (MRPC + RTE sentences)"}
+
+
 def card_markdown(cards: dict[str, dict]) -> str:
     lines = ["# Teachers: held-out gate and card", "",
              "Built by `recipes/teachers.py` (one cached teacher per machine, keyed by the encoder's weights, the corpus "
              "and the resolved recipe); each is measured on held-out text and must pass its gate "
-             "(`kd_core/teacher_gate.py`), or every recipe that asks for it stops with one `error:` line.", ""]
+             "(`kd_core/teacher_gate.py`, on the corpus's valid split), or every recipe that asks for it stops with one "
+             "`error:` line (exit 2).", ""]
     if "mlm" in cards:
         c = cards["mlm"]
-        m = c["held_out"]["valid"]
         lines += ["## MLM teacher (all-MiniLM-L6-v2 -> BertForMaskedLM)", "",
-                  "| held-out text | masked tokens | MLM loss (nats) | top-1 | unigram loss | unigram top-1 | gate |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| corpus valid split | {m['masked_tokens']:,} | {m['mlm_loss']:.2f} | {100 * m['masked_accuracy']:.1f}% | "
-                  f"{m['unigram_loss']:.2f} | {100 * m['unigram_accuracy']:.1f}% | <= {c['gate']['max_loss']} nats and "
-                  f">= {100 * c['gate']['min_top1']:.0f}%: **{'passes' if c['passed'] else 'FAILS'}** |", ""]
+                  "| held-out text | masked tokens | MLM loss (nats) | top-1 | unigram loss | unigram top-1 |",
+                  "|---|---|---|---|---|---|"]
+        for name, m in c["held_out"].items():
+            lines.append(f"| {NAMES.get(name, name)} | {m['masked_tokens']:,} | {m['mlm_loss']:.2f} | "
+                         f"{100 * m['masked_accuracy']:.1f}% | {m['unigram_loss']:.2f} | {100 * m['unigram_accuracy']:.1f}% |")
+        lines += ["", f"Gate (valid split): loss <= {c['gate']['max_loss']} nats and top-1 >= "
+                      f"{100 * c['gate']['min_top1']:.0f}%: **{'passes' if c['passed'] else 'FAILS: ' + '; '.join(c['failures'])}**. "
+                      "The unigram model is the training split's token frequencies (add-0.5), scored at the same masked "
+                      "positions.", ""]
     if "electra" in cards:
         c = cards["electra"]
-        m = c["held_out"]["valid"]
         lines += ["## ELECTRA teacher (MiniLM encoder as discriminator + new RTD head; frozen generator = the MLM teacher)",
-                  "",
-                  "| held-out text | tokens | RTD loss | constant predictor | ratio | replacement rate | AUC | accuracy | "
-                  "generator MLM loss | generator top-1 | gate |", "|---|---|---|---|---|---|---|---|---|---|---|",
-                  f"| corpus valid split | {m['tokens']:,} | {m['rtd_loss']:.3f} | {m['constant_rtd_loss']:.3f} | "
-                  f"{m['rtd_loss'] / m['constant_rtd_loss']:.2f} | {100 * m['replaced_rate']:.1f}% | {m['rtd_auc']:.3f} | "
-                  f"{100 * m['rtd_accuracy']:.1f}% | {m['generator_mlm_loss']:.2f} | "
-                  f"{100 * m['generator_masked_accuracy']:.1f}% | ratio <= {c['gate']['max_loss_ratio']} and AUC >= "
-                  f"{c['gate']['min_auc']}: **{'passes' if c['passed'] else 'FAILS'}** |", "",
+                  "", "| held-out text | tokens | RTD loss | constant predictor | ratio | replacement rate | AUC | "
+                  "accuracy | generator MLM loss | generator top-1 | unigram loss / top-1 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, m in c["held_out"].items():
+            lines.append(f"| {NAMES.get(name, name)} | {m['tokens']:,} | {m['rtd_loss']:.3f} | {m['constant_rtd_loss']:.3f} | "
+                         f"{m['rtd_loss'] / m['constant_rtd_loss']:.2f} | {100 * m['replaced_rate']:.1f}% | "
+                         f"{m['rtd_auc']:.3f} | {100 * m['rtd_accuracy']:.1f}% | {m['generator_mlm_loss']:.2f} | "
+                         f"{100 * m['generator_masked_accuracy']:.1f}% | {m['generator_unigram_loss']:.2f} / "
+                         f"{100 * m['generator_unigram_accuracy']:.1f}% |")
+        lines += ["", f"Gate (valid split): RTD loss <= {c['gate']['max_loss_ratio']} x the constant predictor's and AUC >= "
+                      f"{c['gate']['min_auc']}: **{'passes' if c['passed'] else 'FAILS: ' + '; '.join(c['failures'])}**. "
                   "The RTD loss is the binary cross-entropy over every non-pad token of the generator-corrupted text "
-                  "(ELECTRA masking: 15% of tokens, 85% of them [MASK], 15% kept; one generator sample each); the "
-                  "constant predictor says p(replaced) = the replacement rate, its loss is the labels' entropy. The "
-                  "generator's MLM numbers use the MLM teacher's masks (80/10/10), comparable to the row above.", ""]
+                  "(ELECTRA masking: 15% of tokens, 85% of them [MASK], 15% kept; one seeded generator sample each); the "
+                  "constant predictor says p(replaced) = the replacement rate, so its loss is the labels' entropy. The "
+                  "generator's MLM numbers use the MLM teacher's masks (80/10/10).", ""]
     lines += ["## How each was made", "", "| teacher | steps | tokens | training wall | eval wall | built from commit | "
               "card commit | hardware | command |", "|---|---|---|---|---|---|---|---|---|"]
     for kind, c in cards.items():
@@ -465,11 +521,12 @@ def card_markdown(cards: dict[str, dict]) -> str:
     for kind, c in cards.items():
         if c.get("glue"):
             g = c["glue"]
-            cells = "; ".join(f"{label}: " + ", ".join(f"{k} {v['mean']:.1f} ± {v.get('std', 0):.1f}" for k, v in s.items())
-                              for label, s in g["scores"].items())
+            cells = "; ".join(f"{label}: " + ", ".join(f"{k} {v['mean']:.1f} ± {v.get('std', 0):.1f}" for k, v in sc.items())
+                              for label, sc in g["scores"].items())
             lines += [f"GLUE {g['task']} dev ({kind} teacher next to its own layers 0,2,4, not distilled; 2,000 training "
                       f"examples, 3 epochs, 3 seeds): {cells}.", ""]
-    lines.append(f"Held-out text: {next(iter(cards.values()))['held_out_text']}.")
+    texts = next(iter(cards.values()))["held_out_text"]
+    lines.append("Held-out text: " + "; ".join(f"{NAMES.get(k, k)}: {v}" for k, v in texts.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -481,6 +538,9 @@ def write_results(corpus: str, results: str | Path, encoder: str | None, glue: b
     for kind in ("mlm", "electra"):
         out = build_teacher(kind, corpus, encoder=encoder, gate="report")
         card = teacher_gate.read_card(out)
+        if set(card["held_out"]) != set(NAMES) - ({"out_of_corpus"} if not GLUE.is_dir() else set()):
+            built = json.loads((out / "built.json").read_text())  # a card from before a held-out text was added
+            card = make_card(kind, out, corpus, compose(kind), built, card["command"], card["cache_key"])
         if glue:
             glue_dir = ROOT.parent / "shared" / "data" / "glue"
             card["glue"] = glue_next_to_truncation(out, kind, str(glue_dir), out / "glue-sst2")

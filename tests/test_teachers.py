@@ -260,3 +260,28 @@ def test_build_teacher_enforces_the_gate_of_a_cached_teacher(tmp_path, tiny_toke
     card["held_out"]["valid"].update(mlm_loss=4.0, masked_accuracy=0.3)  # a card that passes is used
     (out / "card.json").write_text(json.dumps(card))
     assert teachers.build_teacher("mlm", str(tiny_corpus), 2, [*FAST, "head_steps=1"], encoder=encoder) == out
+
+
+def test_glue_next_to_the_teachers_truncation(tmp_path, tiny_tokenizer):
+    import teachers
+    from kd_core.toy import tiny_bert_teacher, write_tiny_glue
+
+    tiny_bert_teacher(tmp_path / "run" / "final", tiny_tokenizer, layers=6)
+    g = teachers.glue_next_to_truncation(tmp_path / "run", "mlm", str(write_tiny_glue(tmp_path / "glue")),
+                                         tmp_path / "glue-out", task="rte")
+    assert set(g["scores"]) == {"teacher", "layers 0,2,4"} and g["grid"]["seeds"] == 3
+    assert all("mean" in v for scores in g["scores"].values() for v in scores.values())
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "glue-out" / "truncated" / "final").num_hidden_layers == 3
+    card = {"kind": "mlm", "glue": g}
+    assert "GLUE rte dev (mlm teacher next to its own layers 0,2,4" in "".join(
+        line for line in teachers.card_markdown({"mlm": {**card, **fake_mlm_card()}}).splitlines())
+
+
+def fake_mlm_card() -> dict:
+    m = {"mlm_loss": 4.2, "masked_accuracy": 0.31, "masked_tokens": 100, "unigram_loss": 6.8, "unigram_accuracy": 0.06}
+    return {"teacher": "<cache>/teachers/mlm-x/final", "held_out": {"valid": m}, "gate": {"max_loss": 4.5, "min_top1": 0.25},
+            "passed": True, "failures": [], "steps": 1300, "tokens": 2_600_000, "train_wall_s": 840.0, "eval_wall_s": 10.0,
+            "commit": "abc", "hardware": "cpu", "command": "python recipes/teachers.py mlm", "recipe": {},
+            "held_out_text": {"valid": "the valid split"}}

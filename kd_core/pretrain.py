@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import AutoModelForMaskedLM, BertConfig
@@ -39,6 +40,7 @@ class ArchConfig:
 class ModelConfig:
     init: str | None = None  # a *ForMaskedLM checkpoint (directory or hub name); empty: random BERT
     arch: ArchConfig = field(default_factory=ArchConfig)
+    train_only: Literal["all", "head"] = "all"  # head: the encoder (and a decoder tied to its embeddings) frozen
 
 
 @dataclass
@@ -61,6 +63,13 @@ class MaskedLMObjective(Objective):
 
 
 def build_model(cfg: PretrainConfig, tokenizer):
+    model = _new_model(cfg, tokenizer)
+    if cfg.model.train_only == "head":  # the optimizer takes only parameters that require a gradient
+        model.base_model.requires_grad_(False)
+    return model
+
+
+def _new_model(cfg: PretrainConfig, tokenizer):
     if cfg.model.init:
         return load_masked_lm(cfg.model.init, new_head=True)
     a = cfg.model.arch

@@ -47,7 +47,7 @@ from kd_core.provenance import portable_paths, provenance
 
 SHARED = ROOT.parent / "shared" / "data"
 SCALES = ("smoke", "small", "paper")
-SMALL_TEACHER_STEPS = 120  # the quickstart's: both share the cached teachers
+SMALL_TEACHER_STEPS = None  # None: each teacher's calibrated recipe (recipes/teachers.py), gated; an int: a smoke build
 SMALL_BATCH = ["train.batch_size=16", "train.micro_batch_size=16", "train.eval_batches=2"]
 SMALL_TASK_EPOCHS = {"stsb": 3.0}  # after 1 epoch the 6-layer teacher's STS-B Pearson was 6.8 (3 epochs: 81.0)
 TEACHERLESS_BERT = ["loss_weights={ce: 0.0, mlm: 1.0, cos: 0.0}"]  # bert_kd with the student's own MLM loss only
@@ -86,11 +86,17 @@ def small_corpus(workdir: Path) -> tuple[str, str]:
     return str(corpus), source
 
 
-def small_teacher(kind: str, corpus: str, steps: int = SMALL_TEACHER_STEPS) -> Path:
-    """The cached offline teacher run directory (final/, and generator/ for electra)."""
+def small_teacher(kind: str, corpus: str, steps: int | None = SMALL_TEACHER_STEPS) -> Path:
+    """The cached offline teacher run directory (final/, card.json, and generator/ for electra): the teacher's own
+    recipe (its batch, its steps) and gate, enforced (a teacher below it is an error). `steps` (an int) is a smoke
+    build of that many steps: its gate is reported, not enforced (it cannot pass)."""
     from teachers import build_teacher
 
-    return build_teacher(kind, corpus, steps, SMALL_BATCH)
+    if steps is None:
+        return build_teacher(kind, corpus, gate="enforce")
+    smoke = ([f"generator_mlm.train.max_steps={steps}", f"generator_mlm.head_steps={steps // 2}"] if kind == "electra"
+             else [f"head_steps={steps // 2}"])
+    return build_teacher(kind, corpus, steps, smoke, gate="report")
 
 
 def smoke_assets(workdir: Path) -> dict[str, str]:
@@ -140,7 +146,7 @@ def setup(scale: str, workdir: Path, glue_dir: str | None = None, corpus: str | 
                                     "train.log_every=10", "train.eval_every=100", "train.save_every=100",
                                     f"train.mixed_precision={precision}"],
                      bert_kd=["loss.restrict_ce_to_mask=true"],  # vocabulary KL at masked positions: ~2x faster on CPU
-                     description=f"small: offline all-MiniLM-L6-v2 teachers ({SMALL_TEACHER_STEPS} adaptation steps, "
+                     description=f"small: offline all-MiniLM-L6-v2 teachers (recipes/teachers.py: gated, carded, "
                                  f"cached), text {source} at 64 tokens, 300 steps x 16 rows per student, "
                                  "L_ce (bert_kd) at masked positions only, GLUE fine-tuning on at most 2,000 training "
                                  "examples, 1 epoch (STS-B 3), lr 1e-4, batch 32, seeds 0-2, full dev sets")

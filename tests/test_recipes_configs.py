@@ -44,23 +44,33 @@ def test_teachers_recipe_builds_once_and_caches(tmp_path, tiny_tokenizer, tiny_c
     monkeypatch.setenv("ELECTRA_KD_CACHE", str(tmp_path / "cache"))
     encoder = tmp_path / "encoder"
     tiny_bert_teacher(encoder, tiny_tokenizer, layers=2)
-    small = ["train.batch_size=8", "train.micro_batch_size=8", "train.eval_batches=1"]
-    mlm = teachers.build_teacher("mlm", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)
+    small = ["train.batch_size=8", "train.micro_batch_size=8", "train.eval_batches=1", "head_steps=1"]
+
+    def build(kind, steps, enc, extra=()):  # tiny random teachers cannot pass their gate: report it
+        return teachers.build_teacher(kind, str(tiny_corpus), steps=steps, overrides=[*small, *extra], encoder=enc,
+                                      gate="report")
+
+    mlm = build("mlm", 2, encoder)
     assert mlm.parent == tmp_path / "cache" / "teachers" and (mlm / "final" / "config.json").is_file()
+    assert (mlm / "card.json").is_file()
     stamp = (mlm / "final" / "model.safetensors").stat().st_mtime_ns
-    again = teachers.build_teacher("mlm", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)
+    again = build("mlm", 2, encoder)
     assert again == mlm and (mlm / "final" / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
     import shutil
 
     moved = shutil.copytree(encoder, tmp_path / "elsewhere" / "encoder")  # the same weights installed elsewhere
-    assert teachers.build_teacher("mlm", str(tiny_corpus), steps=2, overrides=small, encoder=moved) == mlm
-    longer = teachers.build_teacher("mlm", str(tiny_corpus), steps=3, overrides=small, encoder=encoder)
+    assert build("mlm", 2, moved) == mlm
+    longer = build("mlm", 3, encoder)
     assert longer != mlm  # another input, another teacher
-    electra = teachers.build_teacher("electra", str(tiny_corpus), steps=2, overrides=small, encoder=encoder)
+    gen = [f"generator_mlm.{o}" for o in small] + ["generator_mlm.train.max_steps=2"]
+    electra = teachers.build_teacher("electra", str(tiny_corpus), steps=2, encoder=encoder, gate="report",
+                                     overrides=[o for o in small if o.startswith("train.")] + gen)
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
     assert ElectraForPreTraining.from_pretrained(electra / "final").config.num_hidden_layers == 2
-    assert ElectraForMaskedLM.from_pretrained(electra / "generator").config.hidden_size == 8
+    # the generator is the cached MLM teacher of the same recipe, converted (same width as the encoder)
+    assert ElectraForMaskedLM.from_pretrained(electra / "generator").config.hidden_size == 32
+    assert (electra / "card.json").is_file()
 
 
 def test_quickstart_main_job_smoke(tmp_path):

@@ -2,7 +2,7 @@
 without a teacher for the same steps (same init, data order, masks and frozen generator), both
 fine-tuned on GLUE tasks. Writes a Markdown + JSON table.
 
-python recipes/electra_kd_vs_pretrain.py --teacher-run DIR --corpus DIR --glue-dir DIR --output DIR
+python recipes/electra_kd_vs_pretrain.py --teacher-run DIR --corpus DIR --glue-dir DIR --output-dir DIR
     [--steps 300] [--b 1,1,1] [--tasks rte,mrpc,stsb] [--seeds 3] [--set section.key=value ...]
 
 --teacher-run is the output of `recipes/teachers.py electra` (final/ = discriminator, generator/).

@@ -127,7 +127,8 @@ def _lock(out: Path, resume: bool, overwrite: bool):
         out.mkdir(parents=True, exist_ok=True)
         handle = open(out / LOCK_FILE, "a+")
     except OSError as e:
-        raise UserError(f"cannot create --output-dir {out}: {one_line(e)}") from None
+        raise UserError(f"cannot create --output-dir {out}: {one_line(e)}; choose a path you can write (check its "
+                        "permissions and free space) and run the command again") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

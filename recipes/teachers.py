@@ -467,7 +467,7 @@ def glue_next_to_truncation(teacher: Path, kind: str, glue_dir: str, out: Path, 
     for label, model in (("teacher", teacher / "final"), ("layers 0,2,4", truncated)):
         r = run_grid(str(model), [get_task(task)], glue_dir, grid, out / label.replace(" ", "_").replace(",", ""),
                      label=label)
-        rows[label] = r["tasks"][task]["metrics"]
+        rows[label] = r.tasks[task].metrics
     return {"task": task, "grid": asdict(grid), "scores": rows}
 
 

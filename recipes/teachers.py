@@ -9,9 +9,11 @@ mlm:     MiniLM -> BertForMaskedLM, the decoder TIED to the word embeddings and 
          `head_lr`, constant), then the whole model (`train`: lr 3e-4, 6% warmup, linear decay), batch 32 x 64
          tokens, bf16 autocast (fp32 weights and loss), the vocabulary head at masked positions only. Calibrated in
          DESIGN.md ("Evidence at the scale we can run"): 1,300 steps in all reach ~4.2 nats / ~31% top-1.
-electra: the MiniLM encoder as an ElectraForPreTraining discriminator with a new RTD head, trained on the RTD
-         loss alone against a FROZEN generator: the gated MLM teacher above, converted to an ElectraForMaskedLM
-         (same weights; its own MLM numbers are on the card). Writes final/ (the discriminator) and generator/.
+electra: an ElectraForPreTraining discriminator with a new RTD head on the gated MLM teacher's encoder (token-level
+         and adapted to the corpus; raw MiniLM's sentence-level encoder sat near the constant predictor after 600
+         steps), trained on the RTD loss alone (lr 4e-4, fp32 where bf16 is not native) against a FROZEN generator:
+         the same MLM teacher converted to an ElectraForMaskedLM (same weights; its own MLM numbers are on the
+         card). Writes final/ (the discriminator) and generator/.
 card:    the committed card of both cached teachers (and with --glue, SST-2 dev next to the teacher's truncation).
 
 Every setting is a field of the recipe dataclass (MLMTeacherRecipe / ElectraTeacherRecipe): `--set` overrides
@@ -79,9 +81,13 @@ class MLMTeacherRecipe:
 class ElectraTeacherRecipe:
     """The ELECTRA teacher: a discriminator trained on RTD against the frozen gated MLM teacher as generator."""
     generator_mlm: MLMTeacherRecipe = field(default_factory=MLMTeacherRecipe)  # the generator's own recipe
+    # mlm_teacher: the encoder of the gated MLM teacher (token-level, adapted to this corpus); encoder: raw MiniLM
+    discriminator_init: Literal["mlm_teacher", "encoder"] = "mlm_teacher"
     sampling_temperature: float = 1.0
     masking: MaskingConfig = field(default_factory=lambda: MaskingConfig(replace=(0.85, 0.0, 0.15), whole_word=False))
-    train: TrainConfig = field(default_factory=lambda: _train(max_steps=600, lr=2e-4, save_every=200))
+    # auto: fp32 on a CPU without native bf16 (there bf16 autocast runs at 0.55-0.79x fp32; kd_core/precision.py)
+    train: TrainConfig = field(default_factory=lambda: _train(max_steps=600, lr=4e-4, save_every=200,
+                                                              mixed_precision="auto"))
 
 
 RECIPES = {"mlm": MLMTeacherRecipe, "electra": ElectraTeacherRecipe}
@@ -230,7 +236,7 @@ def train_electra(recipe: ElectraTeacherRecipe, encoder: str, corpus: str, out: 
     from kd_core.run import DataConfig
     from kd_core.student import StudentConfig
 
-    init = electra_init(encoder, out)
+    init = electra_init(generator_mlm / "final" if recipe.discriminator_init == "mlm_teacher" else encoder, out)
     generator = bert_mlm_to_electra_generator(generator_mlm / "final", out / "generator_init")
     layers = ElectraConfig.from_pretrained(init).num_hidden_layers
     cfg = ElectraRunConfig(
@@ -239,7 +245,8 @@ def train_electra(recipe: ElectraTeacherRecipe, encoder: str, corpus: str, out: 
         loss=ElectraLossConfig(b1=0.0, b2=0.0, b3=0.0, disc_weight=1.0, train_generator=False,
                                sampling_temperature=recipe.sampling_temperature),
         train=recipe.train)
-    print(f"electra teacher: {recipe.train.max_steps} RTD steps at lr {recipe.train.lr:g}, frozen generator "
+    print(f"electra teacher: {recipe.train.max_steps} RTD steps at lr {recipe.train.lr:g} from the "
+          f"{recipe.discriminator_init.replace('_', ' ')}'s encoder, frozen generator "
           f"{generator_mlm / 'final'} -> {out}", flush=True)
     run_electra(cfg, str(out), resume=resume)
     return {"phases": [str(out)], "generator_from": str(generator_mlm / "final")}

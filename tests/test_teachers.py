@@ -198,7 +198,7 @@ def test_bert_mlm_converts_to_an_electra_generator_with_the_same_logits(tmp_path
 
 
 def test_electra_teacher_on_the_frozen_mlm_teacher(tmp_path, tiny_tokenizer, tiny_corpus, monkeypatch):
-    from transformers import ElectraForMaskedLM
+    from transformers import BertForMaskedLM, ElectraForMaskedLM, ElectraForPreTraining
 
     import teachers
 
@@ -213,6 +213,10 @@ def test_electra_teacher_on_the_frozen_mlm_teacher(tmp_path, tiny_tokenizer, tin
     assert 0 < m["replaced_rate"] < 0.3 and {"rtd_auc", "generator_mlm_loss", "generator_unigram_loss"} <= set(m)
     generator = Path(card["generator_from"])  # the cached MLM teacher, its weights unchanged in generator/
     assert generator.parent.name.startswith("mlm-") and card["generator_card"]["teacher"] == str(generator)
+    disc0 = ElectraForPreTraining.from_pretrained(out / "init").state_dict()  # the RTD run's starting point
+    mlm = BertForMaskedLM.from_pretrained(generator).state_dict()  # = the gated MLM teacher's encoder, not raw MiniLM
+    assert all(torch.equal(disc0["electra." + k[len("bert."):]], v) for k, v in mlm.items()
+               if k.startswith("bert.") and "pooler" not in k)
     g = ElectraForMaskedLM.from_pretrained(out / "generator").state_dict()
     g0 = ElectraForMaskedLM.from_pretrained(out / "generator_init").state_dict()
     assert all(torch.equal(g[k], g0[k]) for k in g0)
